@@ -1,0 +1,9 @@
+//! ferrolb's API: the `IPPool` custom resource, the parser for its address ranges, and the
+//! annotation, label and condition names that the controller, the speaker and users share.
+
+pub mod addresses;
+pub mod annotations;
+pub mod ippool;
+
+pub use addresses::{AddressError, AddressRange, Family};
+pub use ippool::{AddressCounts, IPPool, IPPoolSpec, IPPoolStatus, L2Settings, ServiceAllocation};

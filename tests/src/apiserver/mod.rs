@@ -1,0 +1,219 @@
+//! `sim-apiserver`: an in-memory test double of kube-apiserver that speaks the real HTTP API, so
+//! that kube-rs clients, kube-runtime watchers and kubectl run against it unmodified.
+//!
+//! What it models and where it simplifies is written down in docs/TESTING.md.
+
+pub mod discovery;
+pub mod error;
+pub mod events;
+pub mod http;
+pub mod meta;
+pub mod ops;
+pub mod patch;
+pub mod resources;
+pub mod selectors;
+pub mod services;
+pub mod store;
+pub mod tables;
+pub mod validation;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::Path;
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use self::services::ServiceNetwork;
+use self::store::Store;
+
+/// How the server is set up.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Where to listen (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    /// ClusterIP ranges; two of different families make the cluster dual-stack.
+    pub service_cidrs: Vec<IpNetwork>,
+    /// `--service-node-port-range`.
+    pub node_ports: RangeInclusive<u16>,
+    /// How many changes each collection remembers for resuming watches.
+    pub history_limit: usize,
+    /// How often idle watches get a BOOKMARK.
+    pub bookmark_interval: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            service_cidrs: vec![
+                "10.96.0.0/16".parse().expect("static CIDR"),
+                "fd00:10:96::/112".parse().expect("static CIDR"),
+            ],
+            node_ports: 30000..=32767,
+            history_limit: 10_000,
+            bookmark_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Injected faults.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Writes still to fail.
+    pub fail_writes: AtomicU32,
+    /// The HTTP code they fail with (500 or 429).
+    pub fail_code: AtomicU16,
+    /// Delay added to every request.
+    pub latency_ms: AtomicU64,
+}
+
+/// State shared by all requests.
+#[derive(Debug)]
+pub struct Shared {
+    store: Mutex<Store>,
+    /// Carries the latest resourceVersion; watches wake on it.
+    pub changes: tokio::sync::watch::Sender<u64>,
+    /// Bumped to end every open watch.
+    pub drops: tokio::sync::watch::Sender<u64>,
+    /// Injected faults.
+    pub faults: Faults,
+    /// How often idle watches get a BOOKMARK.
+    pub bookmark_interval: Duration,
+}
+
+impl Shared {
+    /// The store; a panic in another request does not poison it for the rest.
+    pub fn lock(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ends every open watch (clients re-watch from their last resourceVersion).
+    pub fn drop_watches(&self) {
+        self.drops.send_modify(|n| *n += 1);
+    }
+
+    /// Forgets all history: the next resume from an older resourceVersion gets 410 Expired.
+    pub fn compact(&self) {
+        self.lock().compact();
+    }
+
+    /// Fails the next `count` writes with `code` (500 or 429).
+    pub fn fail_next_writes(&self, count: u32, code: u16) {
+        self.faults.fail_code.store(code, Ordering::SeqCst);
+        self.faults.fail_writes.store(count, Ordering::SeqCst);
+    }
+
+    /// Delays every request by `latency`.
+    pub fn set_latency(&self, latency: Duration) {
+        self.faults.latency_ms.store(u64::try_from(latency.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct SimApiServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+impl SimApiServer {
+    /// Starts serving; the namespaces `default`, `kube-system`, `kube-public` and
+    /// `kube-node-lease` exist from the start, as in a fresh cluster.
+    pub async fn start(config: SimConfig) -> std::io::Result<Self> {
+        let network = ServiceNetwork::new(config.service_cidrs.clone(), config.node_ports.clone());
+        let mut store = Store::new(resources::builtins(), config.history_limit, network);
+        let ns_target = ops::Target {
+            key: (String::new(), "namespaces".into()),
+            info: store.collection(&(String::new(), "namespaces".into())).map(|c| c.info.clone()).expect("namespaces are built in"),
+            group: String::new(),
+            version: "v1".into(),
+            namespace: None,
+            name: None,
+            status: false,
+        };
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            ops::create(&mut store, &ns_target, json!({"metadata": {"name": ns}}), false)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+        }
+        let rv = store.rv;
+        let shared = Arc::new(Shared {
+            store: Mutex::new(store),
+            changes: tokio::sync::watch::channel(rv).0,
+            drops: tokio::sync::watch::channel(0).0,
+            faults: Faults::default(),
+            bookmark_interval: config.bookmark_interval,
+        });
+        let listener = TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        let app = axum::Router::new().fallback(http::handle).with_state(shared.clone());
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "sim-apiserver stopped");
+            }
+        });
+        Ok(Self { addr, shared, task })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://host:port`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kubeconfig that kube-rs and kubectl can use.
+    pub fn kubeconfig_yaml(&self) -> String {
+        kubeconfig_for(&self.url())
+    }
+
+    /// Writes [`Self::kubeconfig_yaml`] to `path`.
+    pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::write(path, self.kubeconfig_yaml())
+    }
+
+    /// The shared state, for fault injection.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Every stored object of `group`/`plural` (core group = ""), as stored.
+    pub fn objects(&self, group: &str, plural: &str) -> Vec<Value> {
+        let store = self.shared.lock();
+        store
+            .collection(&(group.to_string(), plural.to_string()))
+            .map(|c| c.objects.values().map(|o| (**o).clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The current resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.shared.lock().rv
+    }
+}
+
+impl Drop for SimApiServer {
+    fn drop(&mut self) {
+        self.shared.drop_watches();
+        self.task.abort();
+    }
+}
+
+/// A kubeconfig pointing at `server` over plain HTTP.
+pub fn kubeconfig_for(server: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: {server}\n\
+users:\n- name: sim\n  user: {{}}\ncontexts:\n- name: sim\n  context:\n    cluster: sim\n    user: sim\n    namespace: default\n\
+current-context: sim\n"
+    )
+}

@@ -1,0 +1,235 @@
+//! The four patch types: JSON merge patch (RFC 7386), JSON patch (RFC 6902, with `test`),
+//! strategic merge patch (what kubectl's client-side apply sends for built-in kinds), and a
+//! simplified server-side apply.
+
+use serde_json::{Map, Value};
+
+use super::error::{ApiError, ApiResult};
+
+/// A patch type, from the request's Content-Type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchType {
+    /// `application/merge-patch+json`.
+    Merge,
+    /// `application/json-patch+json`.
+    Json,
+    /// `application/strategic-merge-patch+json`.
+    Strategic,
+    /// `application/apply-patch+yaml` (server-side apply).
+    Apply,
+}
+
+impl PatchType {
+    /// The patch type for a Content-Type header.
+    pub fn from_content_type(ct: &str) -> ApiResult<Self> {
+        let essence = ct.split(';').next().unwrap_or_default().trim();
+        match essence {
+            "application/merge-patch+json" => Ok(Self::Merge),
+            "application/json-patch+json" => Ok(Self::Json),
+            "application/strategic-merge-patch+json" => Ok(Self::Strategic),
+            "application/apply-patch+yaml" | "application/apply-patch+json" => Ok(Self::Apply),
+            other => Err(ApiError::unsupported_media_type(format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other:?})"
+            ))),
+        }
+    }
+}
+
+/// Parses a patch body: JSON, or YAML for server-side apply.
+pub fn parse_body(kind: PatchType, body: &[u8]) -> ApiResult<Value> {
+    match serde_json::from_slice(body) {
+        Ok(v) => Ok(v),
+        Err(_) if kind == PatchType::Apply => serde_norway::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}"))),
+        Err(e) => Err(ApiError::bad_request(format!("error decoding patch: {e}"))),
+    }
+}
+
+/// Applies `patch` of `kind` to `target`.
+pub fn apply_patch(kind: PatchType, target: &mut Value, patch: &Value) -> ApiResult<()> {
+    match kind {
+        PatchType::Merge => {
+            if !patch.is_object() {
+                return Err(ApiError::bad_request("a merge patch must be a JSON object"));
+            }
+            json_patch::merge(target, patch);
+            Ok(())
+        }
+        PatchType::Json => {
+            let ops: json_patch::Patch = serde_json::from_value(patch.clone())
+                .map_err(|e| ApiError::bad_request(format!("the JSON patch is malformed: {e}")))?;
+            json_patch::patch(target, &ops).map_err(|e| {
+                ApiError::unprocessable(format!("the server rejected our request due to an error in our request: {e}"))
+            })
+        }
+        PatchType::Strategic => {
+            let Value::Object(p) = patch else {
+                return Err(ApiError::bad_request("a strategic merge patch must be a JSON object"));
+            };
+            strategic_object(target, p, true);
+            Ok(())
+        }
+        PatchType::Apply => {
+            let Value::Object(p) = patch else {
+                return Err(ApiError::bad_request("an apply configuration must be an object"));
+            };
+            strategic_object(target, p, false);
+            Ok(())
+        }
+    }
+}
+
+/// The key that identifies items of a list field in a strategic merge, by field name.
+fn merge_key(field: &str, item: &Map<String, Value>) -> Option<&'static str> {
+    match field {
+        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env" | "imagePullSecrets" => Some("name"),
+        "volumeMounts" => Some("mountPath"),
+        "conditions" => Some("type"),
+        "ports" if item.contains_key("containerPort") => Some("containerPort"),
+        "ports" => Some("port"),
+        "ownerReferences" => Some("uid"),
+        _ => None,
+    }
+}
+
+/// Lists of scalars that a strategic merge unions instead of replacing.
+fn is_merged_scalar_list(field: &str) -> bool {
+    field == "finalizers"
+}
+
+fn strategic_object(target: &mut Value, patch: &Map<String, Value>, directives: bool) {
+    if directives && patch.get("$patch").and_then(Value::as_str) == Some("replace") {
+        let mut p = patch.clone();
+        p.remove("$patch");
+        *target = Value::Object(p);
+        return;
+    }
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let Value::Object(t) = target else { return };
+    let retain: Option<Vec<String>> = patch
+        .get("$retainKeys")
+        .and_then(Value::as_array)
+        .filter(|_| directives)
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect());
+    for (k, pv) in patch {
+        if directives && k.starts_with('$') {
+            if let Some(list) = k.strip_prefix("$deleteFromPrimitiveList/")
+                && let (Some(Value::Array(items)), Some(gone)) = (t.get_mut(list), pv.as_array())
+            {
+                items.retain(|i| !gone.contains(i));
+            }
+            continue;
+        }
+        match pv {
+            Value::Null => {
+                t.remove(k);
+            }
+            Value::Object(po) if directives && po.get("$patch").and_then(Value::as_str) == Some("delete") => {
+                t.remove(k);
+            }
+            Value::Object(po) => strategic_object(t.entry(k.clone()).or_insert(Value::Null), po, directives),
+            Value::Array(items) => {
+                let existing = t.remove(k);
+                t.insert(k.clone(), merge_list(k, existing, items, directives));
+            }
+            other => {
+                t.insert(k.clone(), other.clone());
+            }
+        }
+    }
+    if let Some(keep) = retain {
+        t.retain(|k, _| keep.contains(k));
+    }
+}
+
+fn merge_list(field: &str, existing: Option<Value>, patch: &[Value], directives: bool) -> Value {
+    let mut current = match existing {
+        Some(Value::Array(a)) => a,
+        _ => Vec::new(),
+    };
+    if is_merged_scalar_list(field) {
+        for v in patch {
+            if !current.contains(v) {
+                current.push(v.clone());
+            }
+        }
+        return Value::Array(current);
+    }
+    let key = patch.iter().find_map(|i| i.as_object()).and_then(|o| merge_key(field, o));
+    let Some(key) = key else {
+        let replaced: Vec<Value> = patch
+            .iter()
+            .filter(|i| !(directives && i.get("$patch").is_some()))
+            .cloned()
+            .collect();
+        return Value::Array(replaced);
+    };
+    for item in patch {
+        let Some(obj) = item.as_object() else { continue };
+        let id = obj.get(key);
+        let pos = current.iter().position(|c| c.get(key) == id && id.is_some());
+        match (obj.get("$patch").and_then(Value::as_str), pos) {
+            (Some("delete"), Some(i)) if directives => {
+                current.remove(i);
+            }
+            (Some("delete"), None) if directives => {}
+            (_, Some(i)) => strategic_object(&mut current[i], obj, directives),
+            (_, None) => {
+                let mut fresh = Value::Object(Map::new());
+                strategic_object(&mut fresh, obj, directives);
+                current.push(fresh);
+            }
+        }
+    }
+    Value::Array(current)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_removes_with_null() {
+        let mut t = json!({"metadata": {"labels": {"a": "1", "b": "2"}}});
+        apply_patch(PatchType::Merge, &mut t, &json!({"metadata": {"labels": {"a": null, "c": "3"}}})).unwrap();
+        assert_eq!(t, json!({"metadata": {"labels": {"b": "2", "c": "3"}}}));
+    }
+
+    #[test]
+    fn json_patch_test_op_guards() {
+        let mut t = json!({"metadata": {"finalizers": ["a"]}});
+        let ok = json!([{"op": "test", "path": "/metadata/finalizers", "value": ["a"]}, {"op": "remove", "path": "/metadata/finalizers/0"}]);
+        apply_patch(PatchType::Json, &mut t, &ok).unwrap();
+        assert_eq!(t, json!({"metadata": {"finalizers": []}}));
+        let stale = json!([{"op": "test", "path": "/metadata/finalizers", "value": ["a"]}]);
+        let err = apply_patch(PatchType::Json, &mut t, &stale).unwrap_err();
+        assert_eq!(err.code, 422);
+    }
+
+    #[test]
+    fn strategic_merge_keys_ports_by_port_and_honours_directives() {
+        let mut svc = json!({"spec": {"ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}, {"port": 443, "nodePort": 30443}],
+            "selector": {"app": "a", "old": "x"}}, "metadata": {"finalizers": ["f1"]}});
+        let patch = json!({"spec": {"$setElementOrder/ports": [{"port": 80}, {"port": 8080}],
+            "ports": [{"port": 80, "name": "http"}, {"port": 8080}, {"port": 443, "$patch": "delete"}],
+            "selector": {"old": null}}, "metadata": {"finalizers": ["f2"]}});
+        apply_patch(PatchType::Strategic, &mut svc, &patch).unwrap();
+        assert_eq!(svc["spec"]["ports"], json!([{"port": 80, "nodePort": 30080, "protocol": "TCP", "name": "http"}, {"port": 8080}]));
+        assert_eq!(svc["spec"]["selector"], json!({"app": "a"}));
+        assert_eq!(svc["metadata"]["finalizers"], json!(["f1", "f2"]));
+        let mut t = json!({"spec": {"a": 1, "b": 2}});
+        apply_patch(PatchType::Strategic, &mut t, &json!({"spec": {"$retainKeys": ["a", "c"], "c": 3}})).unwrap();
+        assert_eq!(t, json!({"spec": {"a": 1, "c": 3}}));
+    }
+
+    #[test]
+    fn content_types_and_bodies() {
+        assert_eq!(PatchType::from_content_type("application/apply-patch+yaml; charset=utf-8").unwrap(), PatchType::Apply);
+        assert_eq!(PatchType::from_content_type("text/plain").unwrap_err().code, 415);
+        assert_eq!(parse_body(PatchType::Apply, b"a: 1\nb: [x]\n").unwrap(), json!({"a": 1, "b": ["x"]}));
+        assert_eq!(parse_body(PatchType::Merge, b"a: 1").unwrap_err().code, 400);
+    }
+}

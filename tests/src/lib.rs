@@ -1,0 +1,4 @@
+//! ferrolb's test support: the in-memory Kubernetes API server (`sim-apiserver`), and later the
+//! network-namespace lab. Not part of the product.
+
+pub mod apiserver;
