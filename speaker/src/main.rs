@@ -1,1 +1,90 @@
-fn main(){}
+//! `ferrolb-speaker`: runs on every node; elects, per address, the node that announces it, answers
+//! ARP/NDP for it, and programs nftables forwarding.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use ferrolb_crds::runtime as telemetry;
+
+/// How VIP traffic reaches the Service's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Forwarding {
+    /// The speaker programs its own nftables table.
+    Nftables,
+    /// Leave forwarding to kube-proxy.
+    None,
+}
+
+/// Flags; names are part of the contract in DESIGN.md.
+#[derive(Parser, Debug)]
+#[command(version, about = "ferrolb speaker: ARP/NDP announcements and forwarding for one node")]
+struct Args {
+    /// Kubeconfig to use; without it KUBECONFIG or the in-cluster configuration, as kube does.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The Node this speaker runs on.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Namespace of the speakers' membership Leases.
+    #[arg(long, default_value = "ferrolb-system")]
+    namespace: String,
+    /// UDP port for heartbeats between speakers.
+    #[arg(long, default_value_t = 7946)]
+    peer_port: u16,
+    /// File holding the shared heartbeat secret (HMAC key); unauthenticated without it.
+    #[arg(long)]
+    peer_secret_file: Option<PathBuf>,
+    /// How VIP traffic is forwarded.
+    #[arg(long, value_enum, default_value_t = Forwarding::Nftables)]
+    forwarding: Forwarding,
+    /// Where /metrics is served.
+    #[arg(long, default_value = "0.0.0.0:7474")]
+    metrics_addr: SocketAddr,
+    /// Where /healthz and /readyz are served.
+    #[arg(long, default_value = "0.0.0.0:7475")]
+    health_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = telemetry::LogFormat::Text)]
+    log_format: telemetry::LogFormat,
+    /// Log filter (tracing EnvFilter syntax), overridden by RUST_LOG.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    telemetry::init_logging(args.log_format, &args.log_level);
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "ferrolb-speaker failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), telemetry::Error> {
+    if let Some(path) = &args.peer_secret_file {
+        let secret = std::fs::read(path)?;
+        if secret.iter().all(u8::is_ascii_whitespace) {
+            return Err(telemetry::Error::Kubeconfig(format!("--peer-secret-file {} is empty", path.display())));
+        }
+    }
+    let client = telemetry::connect(args.kubeconfig.as_deref()).await?;
+    let version = client.apiserver_version().await?;
+    tracing::info!(
+        server = %version.git_version,
+        node = %args.node_name,
+        namespace = %args.namespace,
+        peer_port = args.peer_port,
+        forwarding = ?args.forwarding,
+        "connected to the API server"
+    );
+    let telemetry = telemetry::Telemetry::new(|_| {});
+    telemetry.set_ready(true);
+    telemetry.serve(args.metrics_addr, args.health_addr).await?;
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}

@@ -79,27 +79,51 @@ pub fn resource_list(store: &Store, group: &str, version: &str) -> Option<Value>
     Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
 }
 
-/// `/openapi/v3`: only the core group is listed. kubectl looks up a custom resource's group,
-/// finds it missing, and then asks whether the core Namespace PATCH accepts `fieldValidation`;
-/// it does, so kubectl leaves validation to the server, which enforces it.
-pub fn openapi_index() -> Value {
-    json!({"paths": {"api/v1": {"serverRelativeURL": "/openapi/v3/api/v1?hash=ferrolb-sim"}}})
+/// Built-in (non-CRD) group-versions, as OpenAPI v3 index paths (`api/v1`, `apis/apps/v1`).
+fn builtin_group_versions(store: &Store) -> Vec<(String, String, String)> {
+    let mut out: Vec<(String, String, String)> = Vec::new();
+    for c in store.collections.values().filter(|c| c.info.crd.is_none()) {
+        for v in &c.info.versions {
+            let path = if c.info.group.is_empty() { format!("api/{v}") } else { format!("apis/{}/{v}", c.info.group) };
+            if !out.iter().any(|(p, _, _)| *p == path) {
+                out.push((path, c.info.group.clone(), v.clone()));
+            }
+        }
+    }
+    out
 }
 
-/// `/openapi/v3/api/v1`: PATCH operations of the core kinds, each declaring `fieldValidation`.
-pub fn openapi_core(store: &Store) -> Value {
+/// `/openapi/v3`: the built-in group-versions only. For a custom resource kubectl finds its group
+/// missing here, sees the CRD, and then asks whether the core Namespace PATCH accepts
+/// `fieldValidation`; it does, so kubectl leaves validation to the server, which enforces it.
+pub fn openapi_index(store: &Store) -> Value {
+    let paths: serde_json::Map<String, Value> = builtin_group_versions(store)
+        .into_iter()
+        .map(|(p, _, _)| {
+            let url = format!("/openapi/v3/{p}?hash=ferrolb-sim");
+            (p, json!({"serverRelativeURL": url}))
+        })
+        .collect();
+    json!({"paths": paths})
+}
+
+/// `/openapi/v3/<path>`: PATCH operations of the built-in kinds there, each declaring
+/// `fieldValidation`; None for paths we do not document.
+pub fn openapi_group(store: &Store, path: &str) -> Option<Value> {
+    let (_, group, version) = builtin_group_versions(store).into_iter().find(|(p, _, _)| p == path)?;
     let mut paths = serde_json::Map::new();
-    for c in store.collections.values().filter(|c| c.info.group.is_empty()) {
+    for c in store.collections.values().filter(|c| c.info.crd.is_none() && c.info.group == group) {
         let i = &c.info;
+        let prefix = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
         let path = if i.namespaced {
-            format!("/api/v1/namespaces/{{namespace}}/{}/{{name}}", i.plural)
+            format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", i.plural)
         } else {
-            format!("/api/v1/{}/{{name}}", i.plural)
+            format!("{prefix}/{}/{{name}}", i.plural)
         };
         paths.insert(
             path,
             json!({"patch": {
-                "operationId": format!("patchCore{}", i.kind),
+                "operationId": format!("patch{}", i.kind),
                 "parameters": [
                     {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
                     {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
@@ -108,9 +132,9 @@ pub fn openapi_core(store: &Store) -> Value {
                 "requestBody": {"content": {"application/merge-patch+json": {"schema": {"type": "object"}}}},
                 "responses": {"200": {"description": "OK"}},
                 "x-kubernetes-action": "patch",
-                "x-kubernetes-group-version-kind": {"group": "", "version": "v1", "kind": i.kind}
+                "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": i.kind}
             }}),
         );
     }
-    json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.32.0"}, "paths": paths, "components": {"schemas": {}}})
+    Some(json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.32.0"}, "paths": paths, "components": {"schemas": {}}}))
 }

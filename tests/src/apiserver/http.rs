@@ -63,9 +63,11 @@ fn route(shared: &Arc<Shared>, method: &Method, path: &str, query: &HashMap<Stri
         "/healthz" | "/readyz" | "/livez" => return Ok((StatusCode::OK, "ok").into_response()),
         "/api" => return Ok(json_response(200, &discovery::core_versions())),
         "/apis" => return Ok(json_response(200, &discovery::group_list(&store()))),
-        "/openapi/v3" => return Ok(json_response(200, &discovery::openapi_index())),
-        "/openapi/v3/api/v1" => return Ok(json_response(200, &discovery::openapi_core(&store()))),
+        "/openapi/v3" => return Ok(json_response(200, &discovery::openapi_index(&store()))),
         _ => {}
+    }
+    if let Some(gv) = path.strip_prefix("/openapi/v3/") {
+        return discovery::openapi_group(&store(), gv).map(|d| json_response(200, &d)).ok_or_else(|| ApiError::no_route(path));
     }
     if let Some(action) = path.strip_prefix("/_sim/") {
         return admin(shared, action, query);

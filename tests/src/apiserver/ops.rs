@@ -432,18 +432,16 @@ fn admit(store: &mut Store, t: &Target, obj: &mut Value, old: Option<&Arc<Value>
     if let Some(versions) = &t.info.crd
         && let Some(v) = versions.get(&t.version)
     {
-        if let Some(schema) = &v.schema {
-            let causes = validation::structural(schema, obj);
-            if !causes.is_empty() {
-                return Err(invalid(causes));
-            }
-        }
-        if let Some(compiled) = &v.compiled {
+        let mut causes = v.schema.as_ref().map(|s| validation::structural(s, obj)).unwrap_or_default();
+        // Like the real server, CEL rules run beside the schema checks and both are reported;
+        // only a value of the wrong type keeps the rules from running.
+        let wrong_type = causes.iter().any(|c| c.message.contains("must be of type"));
+        if let Some(compiled) = v.compiled.as_ref().filter(|_| !wrong_type) {
             let old_wire = old.map(|o| t.to_wire(o));
-            let causes = validation::cel(compiled, &t.to_wire(obj), old_wire.as_ref(), &t.api_version(), &t.info.group, &t.info.kind);
-            if !causes.is_empty() {
-                return Err(invalid(causes));
-            }
+            causes.extend(validation::cel(compiled, &t.to_wire(obj), old_wire.as_ref(), &t.api_version(), &t.info.group, &t.info.kind));
+        }
+        if !causes.is_empty() {
+            return Err(invalid(causes));
         }
     }
     Ok(())
