@@ -128,11 +128,7 @@ impl AddressRange {
 
 impl fmt::Display for AddressRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.start == self.end {
-            write!(f, "{}", self.start)
-        } else {
-            write!(f, "{}-{}", self.start, self.end)
-        }
+        if self.start == self.end { write!(f, "{}", self.start) } else { write!(f, "{}-{}", self.start, self.end) }
     }
 }
 
@@ -163,11 +159,11 @@ pub fn parse_entry(entry: &str) -> Result<AddressRange, AddressError> {
         if Family::of(&start) != Family::of(&end) {
             return Err(AddressError::MixedFamilies { entry: entry.to_string() });
         }
-        return AddressRange::new(start, end)
-            .ok_or_else(|| AddressError::StartAfterEnd { entry: entry.to_string() });
+        return AddressRange::new(start, end).ok_or_else(|| AddressError::StartAfterEnd { entry: entry.to_string() });
     }
-    let net: IpNetwork = trimmed.parse().map_err(|e: ipnetwork::IpNetworkError| {
-        AddressError::BadCidr { entry: entry.to_string(), reason: e.to_string() }
+    let net: IpNetwork = trimmed.parse().map_err(|e: ipnetwork::IpNetworkError| AddressError::BadCidr {
+        entry: entry.to_string(),
+        reason: e.to_string(),
     })?;
     let range = match net {
         IpNetwork::V4(n) => AddressRange { start: n.network().into(), end: n.broadcast().into() },

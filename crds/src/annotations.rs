@@ -21,10 +21,8 @@ pub struct Annotation {
 }
 
 /// Which IPPool a Service wants its address from.
-pub const POOL: Annotation = Annotation {
-    name: "ferrolb.io/pool",
-    aliases: &["metallb.io/address-pool", "metallb.universe.tf/address-pool"],
-};
+pub const POOL: Annotation =
+    Annotation { name: "ferrolb.io/pool", aliases: &["metallb.io/address-pool", "metallb.universe.tf/address-pool"] };
 
 /// Specific addresses a Service asks for: a comma list, at most one per family.
 pub const IPS: Annotation = Annotation {
@@ -91,10 +89,7 @@ impl Annotation {
 
     /// Looks the annotation up under all its names; agreeing duplicates are fine, differing ones are
     /// an error. Empty values count as unset.
-    pub fn get<'a>(
-        &self,
-        annotations: &'a BTreeMap<String, String>,
-    ) -> Result<Option<Found<'a>>, AliasConflict> {
+    pub fn get<'a>(&self, annotations: &'a BTreeMap<String, String>) -> Result<Option<Found<'a>>, AliasConflict> {
         let mut found: Option<Found<'a>> = None;
         for key in self.names() {
             let Some(value) = annotations.get(key).map(|v| v.trim()) else {
@@ -125,10 +120,7 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub const MAX_ENTRY_LEN: u64 = 100;
 pub const MAX_ENTRIES: u64 = 1024;
 
 /// A pool of addresses that LoadBalancer Services are given EXTERNAL-IPs from.
+// Several printer columns share `type_ = "integer"`, which clippy mistakes for repeated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "ferrolb.io",
@@ -147,8 +149,7 @@ pub const ENTRY_MESSAGE: &str = "must be a CIDR (192.168.1.0/24), an address, or
 of one family (192.168.1.240-192.168.1.250)";
 
 /// Characters an entry may contain at all: hex digits, dots, colons, a prefix and one dash.
-pub const ENTRY_PATTERN: &str =
-    r"^\s*[0-9A-Fa-f.:]+\s*(/[0-9]{1,3}|-\s*[0-9A-Fa-f.:]+)?\s*$";
+pub const ENTRY_PATTERN: &str = r"^\s*[0-9A-Fa-f.:]+\s*(/[0-9]{1,3}|-\s*[0-9A-Fa-f.:]+)?\s*$";
 
 fn addresses_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({

@@ -75,9 +75,7 @@ impl Telemetry {
     pub fn new(register: impl FnOnce(&mut Registry)) -> Self {
         let mut registry = Registry::default();
         let build_info = Family::<Vec<(String, String)>, Gauge>::default();
-        build_info
-            .get_or_create(&vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())])
-            .set(1);
+        build_info.get_or_create(&vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]).set(1);
         registry.register("ferrolb_build_info", "ferrolb build information", build_info);
         register(&mut registry);
         Self { registry: Arc::new(registry), ready: Arc::new(AtomicBool::new(false)) }
@@ -90,9 +88,7 @@ impl Telemetry {
 
     /// Serves /metrics on `metrics` and /healthz, /readyz on `health` (they may be equal).
     pub async fn serve(&self, metrics: SocketAddr, health: SocketAddr) -> Result<(), Error> {
-        let health_routes = Router::new()
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(readyz));
+        let health_routes = Router::new().route("/healthz", get(|| async { "ok" })).route("/readyz", get(readyz));
         let metrics_routes = Router::new().route("/metrics", get(render_metrics));
         let listeners = if metrics == health {
             vec![(metrics, health_routes.merge(metrics_routes))]
@@ -120,7 +116,9 @@ async fn readyz(State(t): State<Telemetry>) -> (StatusCode, &'static str) {
 async fn render_metrics(State(t): State<Telemetry>) -> (StatusCode, [(&'static str, &'static str); 1], String) {
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &t.registry) {
-        Ok(()) => (StatusCode::OK, [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], body),
+        Ok(()) => {
+            (StatusCode::OK, [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+        }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, [("content-type", "text/plain")], e.to_string()),
     }
 }

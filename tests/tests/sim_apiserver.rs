@@ -33,14 +33,16 @@ fn api_error(e: kube::Error) -> (u16, String, String) {
 }
 
 async fn names(api: &Api<ConfigMap>) -> Vec<String> {
-    let mut n: Vec<String> = api.list(&ListParams::default()).await.unwrap().items.iter().map(|c| c.name_any()).collect();
+    let mut n: Vec<String> =
+        api.list(&ListParams::default()).await.unwrap().items.iter().map(|c| c.name_any()).collect();
     n.sort();
     n
 }
 
 #[tokio::test]
 async fn watcher_and_reflector_stay_in_sync_across_a_dropped_watch_and_a_410() {
-    let (server, client) = start_with(SimConfig { bookmark_interval: Duration::from_secs(3600), ..SimConfig::default() }).await;
+    let (server, client) =
+        start_with(SimConfig { bookmark_interval: Duration::from_secs(3600), ..SimConfig::default() }).await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let (reader, writer) = reflector::store();
     let inits = Arc::new(Mutex::new(0usize));
@@ -82,7 +84,10 @@ async fn watcher_and_reflector_stay_in_sync_across_a_dropped_watch_and_a_410() {
     // bookmarks in this test), compaction forgets it, and the resume gets an in-band 410: the
     // watcher relists, then follows changes again.
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), "default");
-    secrets.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "s"}})).unwrap()).await.unwrap();
+    secrets
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "s"}})).unwrap())
+        .await
+        .unwrap();
     server.shared().compact();
     server.shared().drop_watches();
     eventually("a second Init after 410", WAIT, || async { (*inits.lock().unwrap() >= 2).then_some(()) }).await;
@@ -148,7 +153,11 @@ async fn status_is_written_only_through_its_subresource_and_generation_tracks_sp
 
     // Through the main resource, status is ignored.
     let patched = api
-        .patch("web", &PatchParams::default(), &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}]}}})))
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}]}}})),
+        )
         .await
         .unwrap();
     assert!(ingress_ips(&patched).is_empty());
@@ -164,16 +173,28 @@ async fn status_is_written_only_through_its_subresource_and_generation_tracks_sp
 
     // A bad status is refused with 422 and changes nothing.
     let bad = json!({"status": {"loadBalancer": {"ingress": [{"ip": "not-an-ip"}]}, "conditions": [{"type": "ferrolb.io/Announced", "status": "Maybe", "reason": "bad reason", "message": ""}]}});
-    let (code, _, message) = api_error(api.patch_status("web", &PatchParams::default(), &Patch::Merge(bad)).await.unwrap_err());
+    let (code, _, message) =
+        api_error(api.patch_status("web", &PatchParams::default(), &Patch::Merge(bad)).await.unwrap_err());
     assert_eq!(code, 422);
-    for field in ["status.loadBalancer.ingress[0].ip", "status.conditions[0].status", "status.conditions[0].reason", "status.conditions[0].lastTransitionTime"] {
+    for field in [
+        "status.loadBalancer.ingress[0].ip",
+        "status.conditions[0].status",
+        "status.conditions[0].reason",
+        "status.conditions[0].lastTransitionTime",
+    ] {
         assert!(message.contains(field), "{field} missing from {message}");
     }
     assert_eq!(ingress_ips(&api.get("web").await.unwrap()), ["198.51.100.1"]);
 
-    let labelled = api.patch("web", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}}))).await.unwrap();
+    let labelled = api
+        .patch("web", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}})))
+        .await
+        .unwrap();
     assert_eq!(labelled.metadata.generation, Some(1), "metadata does not bump generation");
-    let respec = api.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"selector": {"app": "v2"}}}))).await.unwrap();
+    let respec = api
+        .patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"selector": {"app": "v2"}}})))
+        .await
+        .unwrap();
     assert_eq!(respec.metadata.generation, Some(2));
     assert_eq!(ingress_ips(&respec), ["198.51.100.1"], "a spec write keeps status");
 }
@@ -190,7 +211,11 @@ async fn a_finalizer_holds_a_delete_until_it_is_removed() {
     assert!(still.metadata.deletion_timestamp.is_some());
     // kube-runtime's finalizer() removes finalizers with a JSON patch guarded by `test`.
     let stale = json!([{"op": "test", "path": "/metadata/finalizers", "value": ["other"]}, {"op": "remove", "path": "/metadata/finalizers/0"}]);
-    let (code, _, _) = api_error(api.patch("held", &PatchParams::default(), &Patch::Json::<()>(serde_json::from_value(stale).unwrap())).await.unwrap_err());
+    let (code, _, _) = api_error(
+        api.patch("held", &PatchParams::default(), &Patch::Json::<()>(serde_json::from_value(stale).unwrap()))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(code, 422);
     assert!(api.get("held").await.is_ok());
     let ok = json!([{"op": "test", "path": "/metadata/finalizers", "value": ["ferrolb.io/test"]}, {"op": "remove", "path": "/metadata/finalizers/0"}]);
@@ -207,7 +232,8 @@ async fn merge_json_strategic_and_server_side_apply_patches() {
     let before = api.get("svc").await.unwrap();
     let node_port = before.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].node_port;
     // Strategic merge: ports merge by `port`, so the allocated nodePort survives.
-    let smp = json!({"spec": {"ports": [{"port": 80, "name": "http", "targetPort": 8080}, {"port": 443, "name": "https"}]}});
+    let smp =
+        json!({"spec": {"ports": [{"port": 80, "name": "http", "targetPort": 8080}, {"port": 443, "name": "https"}]}});
     let after = api.patch("svc", &PatchParams::default(), &Patch::Strategic(smp)).await.unwrap();
     let ports = after.spec.unwrap().ports.unwrap();
     assert_eq!(ports.len(), 2);
@@ -215,7 +241,15 @@ async fn merge_json_strategic_and_server_side_apply_patches() {
     // Server-side apply creates, then merges.
     let cms: Api<ConfigMap> = Api::namespaced(client, "default");
     let pp = PatchParams::apply("test-manager").force();
-    cms.patch("applied", &pp, &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied"}, "data": {"a": "1"}}))).await.unwrap();
+    cms.patch(
+        "applied",
+        &pp,
+        &Patch::Apply(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied"}, "data": {"a": "1"}}),
+        ),
+    )
+    .await
+    .unwrap();
     let merged = cms.patch("applied", &pp, &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied", "labels": {"l": "x"}}, "data": {"b": "2"}}))).await.unwrap();
     let data = merged.data.clone().unwrap();
     assert_eq!((data.get("a").map(String::as_str), data.get("b").map(String::as_str)), (Some("1"), Some("2")));
@@ -233,7 +267,8 @@ async fn label_and_field_selectors_and_paging() {
             labels["canary"] = json!("true");
         }
         let pod: Pod = serde_json::from_value(json!({"metadata": {"name": format!("p{i}"), "labels": labels},
-            "spec": {"containers": [{"name": "c", "image": "x"}], "nodeName": format!("n{}", i % 3)}})).unwrap();
+            "spec": {"containers": [{"name": "c", "image": "x"}], "nodeName": format!("n{}", i % 3)}}))
+        .unwrap();
         api.create(&PostParams::default(), &pod).await.unwrap();
     }
     let count = |lp: ListParams| {
@@ -269,8 +304,12 @@ async fn a_filtered_watch_sees_objects_enter_and_leave_its_selector() {
     let rv = list.metadata.resource_version.unwrap();
     let mut stream = api.watch(&wp, &rv).await.unwrap().boxed();
     api.create(&PostParams::default(), &cm("w")).await.unwrap();
-    api.patch("w", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"app": "x"}}}))).await.unwrap();
-    api.patch("w", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"app": "y"}}}))).await.unwrap();
+    api.patch("w", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"app": "x"}}})))
+        .await
+        .unwrap();
+    api.patch("w", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"app": "y"}}})))
+        .await
+        .unwrap();
     let mut kinds = Vec::new();
     while kinds.len() < 2 {
         match tokio::time::timeout(WAIT, stream.next()).await.expect("an event").expect("stream open").unwrap() {
@@ -306,18 +345,29 @@ async fn services_get_cluster_ips_and_node_ports_as_kube_apiserver_gives_them() 
     assert_eq!(code, 422);
     assert!(message.contains("provided port is already allocated"), "{message}");
     let (code, _, message) = api_error(
-        api.create(&PostParams::default(), &svc_json(json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 20000}]}))).await.unwrap_err(),
+        api.create(
+            &PostParams::default(),
+            &svc_json(json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 20000}]})),
+        )
+        .await
+        .unwrap_err(),
     );
     assert_eq!(code, 422);
     assert!(message.contains("30000-32767"), "{message}");
     let chosen = api
-        .create(&PostParams::default(), &svc_json(json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 31999}]})))
+        .create(
+            &PostParams::default(),
+            &svc_json(json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 31999}]})),
+        )
         .await
         .unwrap();
     assert_eq!(chosen.spec.unwrap().ports.unwrap()[0].node_port, Some(31999));
     api.delete("s", &DeleteParams::default()).await.unwrap();
     let no_np = api
-        .create(&PostParams::default(), &svc_json(json!({"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false, "ports": [{"port": 80}]})))
+        .create(
+            &PostParams::default(),
+            &svc_json(json!({"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false, "ports": [{"port": 80}]})),
+        )
         .await
         .unwrap();
     assert_eq!(no_np.spec.unwrap().ports.unwrap()[0].node_port, None);
@@ -332,10 +382,13 @@ async fn services_get_cluster_ips_and_node_ports_as_kube_apiserver_gives_them() 
     assert!(spec.health_check_node_port.is_some(), "Local LoadBalancers get a health-check port");
     // The class is immutable while the type stays LoadBalancer; changing the type drops NodePorts.
     let (code, _, _) = api_error(
-        api.patch("s", &PatchParams::default(), &Patch::Merge(json!({"spec": {"loadBalancerClass": "other.io/lb"}}))).await.unwrap_err(),
+        api.patch("s", &PatchParams::default(), &Patch::Merge(json!({"spec": {"loadBalancerClass": "other.io/lb"}})))
+            .await
+            .unwrap_err(),
     );
     assert_eq!(code, 422);
-    let cip = api.patch("s", &PatchParams::default(), &Patch::Merge(json!({"spec": {"type": "ClusterIP"}}))).await.unwrap();
+    let cip =
+        api.patch("s", &PatchParams::default(), &Patch::Merge(json!({"spec": {"type": "ClusterIP"}}))).await.unwrap();
     let spec = cip.spec.unwrap();
     assert_eq!(spec.ports.unwrap()[0].node_port, None);
     assert_eq!(spec.external_traffic_policy, None);
@@ -344,18 +397,39 @@ async fn services_get_cluster_ips_and_node_ports_as_kube_apiserver_gives_them() 
 
 #[tokio::test]
 async fn a_wider_node_port_range_and_a_single_stack_cluster() {
-    let config = SimConfig { node_ports: 20000..=40000, service_cidrs: vec!["10.96.0.0/24".parse().unwrap()], ..SimConfig::default() };
+    let config = SimConfig {
+        node_ports: 20000..=40000,
+        service_cidrs: vec!["10.96.0.0/24".parse().unwrap()],
+        ..SimConfig::default()
+    };
     let (_server, client) = start_with(config).await;
     let api: Api<Service> = Api::namespaced(client, "default");
-    let s = api.create(&PostParams::default(), &svc_json(json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 20001}]}))).await.unwrap();
+    let s = api
+        .create(
+            &PostParams::default(),
+            &svc_json(json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 20001}]})),
+        )
+        .await
+        .unwrap();
     assert_eq!(s.spec.unwrap().ports.unwrap()[0].node_port, Some(20001));
     api.delete("s", &DeleteParams::default()).await.unwrap();
     let (code, _, message) = api_error(
-        api.create(&PostParams::default(), &svc_json(json!({"type": "LoadBalancer", "ipFamilyPolicy": "RequireDualStack", "ports": [{"port": 80}]}))).await.unwrap_err(),
+        api.create(
+            &PostParams::default(),
+            &svc_json(json!({"type": "LoadBalancer", "ipFamilyPolicy": "RequireDualStack", "ports": [{"port": 80}]})),
+        )
+        .await
+        .unwrap_err(),
     );
     assert_eq!(code, 422);
     assert!(message.contains("not configured for dual-stack"), "{message}");
-    let prefer = api.create(&PostParams::default(), &svc_json(json!({"type": "LoadBalancer", "ipFamilyPolicy": "PreferDualStack", "ports": [{"port": 80}]}))).await.unwrap();
+    let prefer = api
+        .create(
+            &PostParams::default(),
+            &svc_json(json!({"type": "LoadBalancer", "ipFamilyPolicy": "PreferDualStack", "ports": [{"port": 80}]})),
+        )
+        .await
+        .unwrap();
     assert_eq!(prefer.spec.unwrap().ip_families.unwrap(), ["IPv4"]);
 }
 
@@ -375,7 +449,10 @@ async fn ippools_are_served_as_soon_as_the_crd_exists_and_validated_by_schema_an
     assert!(discovery.groups().any(|g| g.name() == "ferrolb.io"));
 
     let pool = |name: &str, spec: serde_json::Value| -> IPPool {
-        serde_json::from_value(json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool", "metadata": {"name": name}, "spec": spec})).unwrap()
+        serde_json::from_value(
+            json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool", "metadata": {"name": name}, "spec": spec}),
+        )
+        .unwrap()
     };
     let created = pools
         .create(&PostParams::default(), &pool("home", json!({"addresses": ["198.51.100.240-198.51.100.250", "203.0.113.0/28", "2001:db8::/120", "198.51.100.7"]})))
@@ -388,7 +465,8 @@ async fn ippools_are_served_as_soon_as_the_crd_exists_and_validated_by_schema_an
     let refused = |spec: serde_json::Value, needle: &'static str, field: &'static str| {
         let pools = pools.clone();
         async move {
-            let (code, reason, message) = api_error(pools.create(&PostParams::default(), &pool("bad", spec)).await.unwrap_err());
+            let (code, reason, message) =
+                api_error(pools.create(&PostParams::default(), &pool("bad", spec)).await.unwrap_err());
             assert_eq!((code, reason.as_str()), (422, "Invalid"), "{message}");
             assert!(message.contains(needle) && message.contains(field), "expected {needle:?} at {field} in {message}");
         }
@@ -397,15 +475,22 @@ async fn ippools_are_served_as_soon_as_the_crd_exists_and_validated_by_schema_an
     refused(json!({"addresses": ["198.51.100.0/24", "999.1.1.1/24"]}), "must be a CIDR", "spec.addresses[1]").await;
     refused(json!({"addresses": ["198.51.100.1-2001:db8::1"]}), "of one family", "spec.addresses[0]").await;
     refused(json!({"addresses": []}), "at least 1 items", "spec.addresses").await;
-    refused(json!({"addresses": ["198.51.100.0/24"], "priority": -1}), "greater than or equal to 0", "spec.priority").await;
+    refused(json!({"addresses": ["198.51.100.0/24"], "priority": -1}), "greater than or equal to 0", "spec.priority")
+        .await;
     // A range whose start is after its end is well-formed to the API; the controller reports it.
-    pools.create(&PostParams::default(), &pool("backwards", json!({"addresses": ["198.51.100.9-198.51.100.1"]}))).await.unwrap();
+    pools
+        .create(&PostParams::default(), &pool("backwards", json!({"addresses": ["198.51.100.9-198.51.100.1"]})))
+        .await
+        .unwrap();
 
     // The status subresource of a custom resource.
     let status = json!({"status": {"ipv4": {"total": 27, "used": 1, "available": 26}}});
     let with_status = pools.patch_status("home", &PatchParams::default(), &Patch::Merge(status)).await.unwrap();
     assert_eq!(with_status.status.unwrap().ipv4.unwrap().available, 26);
-    let ignored = pools.patch("home", &PatchParams::default(), &Patch::Merge(json!({"status": {"ipv4": {"used": 9}}}))).await.unwrap();
+    let ignored = pools
+        .patch("home", &PatchParams::default(), &Patch::Merge(json!({"status": {"ipv4": {"used": 9}}})))
+        .await
+        .unwrap();
     assert_eq!(ignored.status.unwrap().ipv4.unwrap().used, 1);
 
     // Deleting the CRD takes its objects with it.
@@ -433,7 +518,8 @@ async fn events_from_kube_runtime_show_as_core_events() {
     recorder.publish(&event, &reference).await.unwrap();
     recorder.publish(&event, &reference).await.unwrap();
     let core: Api<CoreEvent> = Api::namespaced(client, "default");
-    let listed = core.list(&ListParams::default().fields("involvedObject.name=web,involvedObject.kind=Service")).await.unwrap();
+    let listed =
+        core.list(&ListParams::default().fields("involvedObject.name=web,involvedObject.kind=Service")).await.unwrap();
     assert_eq!(listed.items.len(), 1, "a repeated event is one object");
     let e = &listed.items[0];
     assert_eq!(e.reason.as_deref(), Some("IPAllocated"));
@@ -452,10 +538,22 @@ async fn injected_faults_fail_writes_and_delay_requests() {
     api.create(&PostParams::default(), &cm("f1")).await.unwrap();
     // kube-client retries 429 by itself, so look at the wire.
     server.shared().fail_next_writes(1, 429);
-    let (status, body) = common::raw_request(server.addr(), "POST", "/api/v1/namespaces/default/configmaps", r#"{"metadata":{"name":"f2"}}"#).await;
+    let (status, body) = common::raw_request(
+        server.addr(),
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        r#"{"metadata":{"name":"f2"}}"#,
+    )
+    .await;
     assert_eq!(status, 429, "{body}");
     assert!(body.contains("TooManyRequests"), "{body}");
-    let (status, _) = common::raw_request(server.addr(), "POST", "/api/v1/namespaces/default/configmaps", r#"{"metadata":{"name":"f2"}}"#).await;
+    let (status, _) = common::raw_request(
+        server.addr(),
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        r#"{"metadata":{"name":"f2"}}"#,
+    )
+    .await;
     assert_eq!(status, 201);
     server.shared().set_latency(Duration::from_millis(300));
     let t = std::time::Instant::now();
@@ -468,7 +566,13 @@ async fn injected_faults_fail_writes_and_delay_requests() {
 async fn an_expired_resource_version_is_answered_in_band_with_410() {
     let (server, _client) = start().await;
     server.shared().compact();
-    let (status, body) = common::raw_request(server.addr(), "GET", "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=1&timeoutSeconds=1", "").await;
+    let (status, body) = common::raw_request(
+        server.addr(),
+        "GET",
+        "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=1&timeoutSeconds=1",
+        "",
+    )
+    .await;
     assert_eq!(status, 200, "expiry is not an HTTP error");
     assert!(body.contains(r#""type":"ERROR""#) && body.contains(r#""code":410"#) && body.contains("Expired"), "{body}");
 }
@@ -481,7 +585,10 @@ async fn namespaces_exist_before_content_and_take_it_with_them() {
     assert_eq!(code, 404);
     assert!(message.contains("namespaces \"nowhere\" not found"), "{message}");
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "media"}})).unwrap()).await.unwrap();
+    namespaces
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "media"}})).unwrap())
+        .await
+        .unwrap();
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), "media");
     api.create(&PostParams::default(), &cm("plain")).await.unwrap();
     let mut held = cm("held");
@@ -494,7 +601,10 @@ async fn namespaces_exist_before_content_and_take_it_with_them() {
     let (code, _, _) = api_error(api.create(&PostParams::default(), &cm("late")).await.unwrap_err());
     assert_eq!(code, 403);
     api.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
-    assert!(server.objects("", "namespaces").iter().all(|n| n["metadata"]["name"] != "media"), "the namespace goes once empty");
+    assert!(
+        server.objects("", "namespaces").iter().all(|n| n["metadata"]["name"] != "media"),
+        "the namespace goes once empty"
+    );
 }
 
 #[tokio::test]

@@ -45,7 +45,8 @@ pub fn group_list(store: &Store) -> Value {
     let groups: Vec<Value> = groups(store)
         .into_iter()
         .map(|(g, versions)| {
-            let vs: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v})).collect();
+            let vs: Vec<Value> =
+                versions.iter().map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v})).collect();
             json!({"name": g, "versions": vs, "preferredVersion": vs[0]})
         })
         .collect();
@@ -55,14 +56,17 @@ pub fn group_list(store: &Store) -> Value {
 /// `/apis/<group>` for one group.
 pub fn group(store: &Store, group: &str) -> Option<Value> {
     let versions = groups(store).remove(group)?;
-    let vs: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
+    let vs: Vec<Value> =
+        versions.iter().map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
     Some(json!({"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": vs, "preferredVersion": vs[0]}))
 }
 
 /// `/api/v1` or `/apis/<group>/<version>`; None when nothing is served there.
 pub fn resource_list(store: &Store, group: &str, version: &str) -> Option<Value> {
     let mut resources = Vec::new();
-    for c in store.collections.values().filter(|c| c.info.group == group && c.info.versions.iter().any(|v| v == version)) {
+    for c in
+        store.collections.values().filter(|c| c.info.group == group && c.info.versions.iter().any(|v| v == version))
+    {
         let i = &c.info;
         resources.push(json!({
             "name": i.plural, "singularName": i.singular, "namespaced": i.namespaced, "kind": i.kind,
@@ -136,5 +140,7 @@ pub fn openapi_group(store: &Store, path: &str) -> Option<Value> {
             }}),
         );
     }
-    Some(json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.32.0"}, "paths": paths, "components": {"schemas": {}}}))
+    Some(
+        json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.32.0"}, "paths": paths, "components": {"schemas": {}}}),
+    )
 }

@@ -59,8 +59,7 @@ impl ApiError {
 
     /// 409 AlreadyExists.
     pub fn already_exists(resource: &str, name: &str) -> Self {
-        Self::new(409, "AlreadyExists", format!("{resource} \"{name}\" already exists"))
-            .with_details(name, resource)
+        Self::new(409, "AlreadyExists", format!("{resource} \"{name}\" already exists")).with_details(name, resource)
     }
 
     /// 409 Conflict on a stale resourceVersion or a failed precondition.
@@ -101,7 +100,11 @@ impl ApiError {
     pub fn injected(code: u16) -> Self {
         match code {
             429 => Self::new(429, "TooManyRequests", "injected fault: too many requests, please try again later"),
-            _ => Self::new(code, "InternalError", "injected fault: an error on the server has prevented the request from succeeding"),
+            _ => Self::new(
+                code,
+                "InternalError",
+                "injected fault: an error on the server has prevented the request from succeeding",
+            ),
         }
     }
 

@@ -56,7 +56,14 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
     }
 }
 
-fn route(shared: &Arc<Shared>, method: &Method, path: &str, query: &HashMap<String, String>, headers: &HeaderMap, body: &[u8]) -> ApiResult<Response> {
+fn route(
+    shared: &Arc<Shared>,
+    method: &Method,
+    path: &str,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<Response> {
     let store = || shared.lock();
     match path {
         "/version" => return Ok(json_response(200, &discovery::version())),
@@ -67,7 +74,9 @@ fn route(shared: &Arc<Shared>, method: &Method, path: &str, query: &HashMap<Stri
         _ => {}
     }
     if let Some(gv) = path.strip_prefix("/openapi/v3/") {
-        return discovery::openapi_group(&store(), gv).map(|d| json_response(200, &d)).ok_or_else(|| ApiError::no_route(path));
+        return discovery::openapi_group(&store(), gv)
+            .map(|d| json_response(200, &d))
+            .ok_or_else(|| ApiError::no_route(path));
     }
     if let Some(action) = path.strip_prefix("/_sim/") {
         return admin(shared, action, query);
@@ -76,13 +85,17 @@ fn route(shared: &Arc<Shared>, method: &Method, path: &str, query: &HashMap<Stri
     let (group, version, rest) = match segs.as_slice() {
         ["api", "v1", rest @ ..] => ("", "v1", rest),
         ["apis", group] => {
-            return discovery::group(&store(), group).map(|g| json_response(200, &g)).ok_or_else(|| ApiError::no_route(path));
+            return discovery::group(&store(), group)
+                .map(|g| json_response(200, &g))
+                .ok_or_else(|| ApiError::no_route(path));
         }
         ["apis", group, version, rest @ ..] => (*group, *version, rest),
         _ => return Err(ApiError::no_route(path)),
     };
     if rest.is_empty() {
-        return discovery::resource_list(&store(), group, version).map(|l| json_response(200, &l)).ok_or_else(|| ApiError::no_route(path));
+        return discovery::resource_list(&store(), group, version)
+            .map(|l| json_response(200, &l))
+            .ok_or_else(|| ApiError::no_route(path));
     }
     let (namespace, plural, name, sub) = match rest {
         ["namespaces", ns, plural, more @ ..] if !matches!(*plural, "status" | "finalize") => {
@@ -96,7 +109,16 @@ fn route(shared: &Arc<Shared>, method: &Method, path: &str, query: &HashMap<Stri
 }
 
 #[allow(clippy::too_many_arguments)]
-fn resolve(shared: &Shared, path: &str, group: &str, version: &str, namespace: Option<String>, plural: &str, name: Option<String>, sub: Option<&str>) -> ApiResult<Target> {
+fn resolve(
+    shared: &Shared,
+    path: &str,
+    group: &str,
+    version: &str,
+    namespace: Option<String>,
+    plural: &str,
+    name: Option<String>,
+    sub: Option<&str>,
+) -> ApiResult<Target> {
     let store = shared.lock();
     // events.k8s.io Events live with the core ones (see events.rs).
     let key = if group == "events.k8s.io" && plural == "events" {
@@ -104,7 +126,9 @@ fn resolve(shared: &Shared, path: &str, group: &str, version: &str, namespace: O
     } else {
         (group.to_string(), plural.to_string())
     };
-    let served = store.collection(&(group.to_string(), plural.to_string())).is_some_and(|c| c.info.versions.iter().any(|v| v == version));
+    let served = store
+        .collection(&(group.to_string(), plural.to_string()))
+        .is_some_and(|c| c.info.versions.iter().any(|v| v == version));
     let info = match store.collection(&key) {
         Some(c) if served => c.info.clone(),
         _ => return Err(ApiError::no_route(path)),
@@ -121,8 +145,18 @@ fn resolve(shared: &Shared, path: &str, group: &str, version: &str, namespace: O
 }
 
 fn list_query(query: &HashMap<String, String>) -> ApiResult<ListQuery> {
-    let labels = query.get("labelSelector").filter(|s| !s.is_empty()).map(|s| LabelSelector::parse(s)).transpose().map_err(ApiError::bad_request)?;
-    let fields = query.get("fieldSelector").filter(|s| !s.is_empty()).map(|s| FieldSelector::parse(s)).transpose().map_err(ApiError::bad_request)?;
+    let labels = query
+        .get("labelSelector")
+        .filter(|s| !s.is_empty())
+        .map(|s| LabelSelector::parse(s))
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let fields = query
+        .get("fieldSelector")
+        .filter(|s| !s.is_empty())
+        .map(|s| FieldSelector::parse(s))
+        .transpose()
+        .map_err(ApiError::bad_request)?;
     let limit = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
     let continue_token = query.get("continue").filter(|c| !c.is_empty()).cloned();
     Ok(ListQuery { labels, fields, limit, continue_token })
@@ -136,7 +170,14 @@ fn accept(headers: &HeaderMap) -> &str {
     headers.get(header::ACCEPT).and_then(|h| h.to_str().ok()).unwrap_or_default()
 }
 
-fn serve(shared: &Arc<Shared>, method: &Method, t: Target, query: &HashMap<String, String>, headers: &HeaderMap, body: &[u8]) -> ApiResult<Response> {
+fn serve(
+    shared: &Arc<Shared>,
+    method: &Method,
+    t: Target,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<Response> {
     let dry_run = query.get("dryRun").is_some_and(|d| d == "All");
     let strict = query.get("fieldValidation").is_some_and(|v| v == "Strict");
     let accept = accept(headers);
@@ -144,7 +185,13 @@ fn serve(shared: &Arc<Shared>, method: &Method, t: Target, query: &HashMap<Strin
     let include_object = query.get("includeObject").is_some_and(|v| v == "Object");
     if *method != Method::GET {
         let pending = shared.faults.fail_writes.load(Ordering::SeqCst);
-        if pending > 0 && shared.faults.fail_writes.compare_exchange(pending, pending - 1, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+        if pending > 0
+            && shared
+                .faults
+                .fail_writes
+                .compare_exchange(pending, pending - 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
             return Err(ApiError::injected(shared.faults.fail_code.load(Ordering::SeqCst)));
         }
     }
@@ -182,7 +229,11 @@ fn serve(shared: &Arc<Shared>, method: &Method, t: Target, query: &HashMap<Strin
             if accept.contains("as=PartialObjectMetadataList") {
                 let metas: Vec<Value> = items.iter().map(partial).collect();
                 let out = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": list["metadata"], "items": metas});
-                return Ok(json_response_as(200, &out, "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io"));
+                return Ok(json_response_as(
+                    200,
+                    &out,
+                    "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io",
+                ));
             }
             Ok(json_response(200, &list))
         }
@@ -193,7 +244,11 @@ fn serve(shared: &Arc<Shared>, method: &Method, t: Target, query: &HashMap<Strin
                 return Ok(json_response_as(200, &tbl, "application/json;as=Table;v=v1;g=meta.k8s.io"));
             }
             if accept.contains("as=PartialObjectMetadata") {
-                return Ok(json_response_as(200, &partial(&obj), "application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io"));
+                return Ok(json_response_as(
+                    200,
+                    &partial(&obj),
+                    "application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io",
+                ));
             }
             Ok(json_response(200, &obj))
         }

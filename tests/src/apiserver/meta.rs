@@ -68,7 +68,10 @@ pub fn validate_labels(meta: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
     for (k, v) in meta["labels"].as_object().into_iter().flatten() {
         if !qualified_name(k) {
-            causes.push(Cause::new("metadata.labels", format!("Invalid value: {k:?}: name part must consist of alphanumeric characters, '-', '_' or '.'")));
+            causes.push(Cause::new(
+                "metadata.labels",
+                format!("Invalid value: {k:?}: name part must consist of alphanumeric characters, '-', '_' or '.'"),
+            ));
         }
         let v = v.as_str().unwrap_or("\u{0}");
         let ok = v.is_empty() || (v.len() <= 63 && qualified_name(v) && !v.contains('/'));

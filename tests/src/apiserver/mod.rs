@@ -132,7 +132,10 @@ impl SimApiServer {
         let mut store = Store::new(resources::builtins(), config.history_limit, network);
         let ns_target = ops::Target {
             key: (String::new(), "namespaces".into()),
-            info: store.collection(&(String::new(), "namespaces".into())).map(|c| c.info.clone()).expect("namespaces are built in"),
+            info: store
+                .collection(&(String::new(), "namespaces".into()))
+                .map(|c| c.info.clone())
+                .expect("namespaces are built in"),
             group: String::new(),
             version: "v1".into(),
             namespace: None,

@@ -175,7 +175,11 @@ pub fn create(store: &mut Store, t: &Target, body: Value, dry_run: bool) -> ApiR
         match meta["generateName"].as_str().filter(|g| !g.is_empty()) {
             Some(prefix) => meta["name"] = json!(format!("{prefix}{}", meta::name_suffix())),
             None => {
-                return Err(ApiError::invalid(&t.info.kind_group(), "", vec![Cause::new("metadata.name", "Required value: name or generateName is required")]));
+                return Err(ApiError::invalid(
+                    &t.info.kind_group(),
+                    "",
+                    vec![Cause::new("metadata.name", "Required value: name or generateName is required")],
+                ));
             }
         }
     }
@@ -184,7 +188,9 @@ pub fn create(store: &mut Store, t: &Target, body: Value, dry_run: bool) -> ApiR
         let ns = t.namespace.clone().unwrap_or_default();
         match meta["namespace"].as_str() {
             Some(n) if !n.is_empty() && n != ns => {
-                return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
             }
             _ => meta["namespace"] = json!(ns),
         }
@@ -204,7 +210,8 @@ pub fn create(store: &mut Store, t: &Target, body: Value, dry_run: bool) -> ApiR
     meta["uid"] = json!(uuid::Uuid::new_v4().to_string());
     meta["creationTimestamp"] = json!(meta::now());
     meta["generation"] = json!(1);
-    if t.info.has_status(&t.version) && !t.info.status_on_create
+    if t.info.has_status(&t.version)
+        && !t.info.status_on_create
         && let Some(o) = obj.as_object_mut()
     {
         o.remove("status");
@@ -261,7 +268,13 @@ pub fn patch(store: &mut Store, t: &Target, kind: PatchType, patch: &Value, dry_
     Ok((200, t.to_wire(&out)))
 }
 
-fn write_update(store: &mut Store, t: &Target, old: &Arc<Value>, mut new: Value, dry_run: bool) -> ApiResult<Arc<Value>> {
+fn write_update(
+    store: &mut Store,
+    t: &Target,
+    old: &Arc<Value>,
+    mut new: Value,
+    dry_run: bool,
+) -> ApiResult<Arc<Value>> {
     let qualified = t.info.qualified();
     let name = t.name.clone().unwrap_or_default();
     if !new.is_object() || !new["metadata"].is_object() {
@@ -269,14 +282,28 @@ fn write_update(store: &mut Store, t: &Target, old: &Arc<Value>, mut new: Value,
     }
     let body_rv = rv_of(&new).to_string();
     if !body_rv.is_empty() && body_rv != rv_of(old) {
-        return Err(ApiError::conflict(&qualified, &name, "the object has been modified; please apply your changes to the latest version and try again"));
+        return Err(ApiError::conflict(
+            &qualified,
+            &name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        ));
     }
     if new["metadata"]["name"].as_str().is_some_and(|n| n != name) {
-        return Err(ApiError::bad_request(format!("the name of the object ({}) does not match the name on the URL ({name})", new["metadata"]["name"])));
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({}) does not match the name on the URL ({name})",
+            new["metadata"]["name"]
+        )));
     }
     let old_uid = &old["metadata"]["uid"];
     if new["metadata"]["uid"].as_str().is_some_and(|u| !u.is_empty()) && new["metadata"]["uid"] != *old_uid {
-        return Err(ApiError::conflict(&qualified, &name, &format!("Precondition failed: UID in precondition: {}, UID in object meta: {}", new["metadata"]["uid"], old_uid)));
+        return Err(ApiError::conflict(
+            &qualified,
+            &name,
+            &format!(
+                "Precondition failed: UID in precondition: {}, UID in object meta: {}",
+                new["metadata"]["uid"], old_uid
+            ),
+        ));
     }
     if t.status {
         // The status subresource changes nothing but status.
@@ -301,7 +328,8 @@ fn write_update(store: &mut Store, t: &Target, old: &Arc<Value>, mut new: Value,
         }
     }
     let meta = &mut new["metadata"];
-    for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace"] {
+    for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace"]
+    {
         match old["metadata"].get(k) {
             Some(v) => meta[k] = v.clone(),
             None => {
@@ -359,12 +387,23 @@ pub fn delete(store: &mut Store, t: &Target, options: &Value, dry_run: bool) -> 
     if let Some(uid) = pre["uid"].as_str()
         && Some(uid) != old["metadata"]["uid"].as_str()
     {
-        return Err(ApiError::conflict(&t.info.qualified(), &name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", old["metadata"]["uid"])));
+        return Err(ApiError::conflict(
+            &t.info.qualified(),
+            &name,
+            &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", old["metadata"]["uid"]),
+        ));
     }
     if let Some(rv) = pre["resourceVersion"].as_str()
         && rv != rv_of(&old)
     {
-        return Err(ApiError::conflict(&t.info.qualified(), &name, &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", rv_of(&old))));
+        return Err(ApiError::conflict(
+            &t.info.qualified(),
+            &name,
+            &format!(
+                "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                rv_of(&old)
+            ),
+        ));
     }
     if dry_run {
         return Ok(t.to_wire(&old));
@@ -402,7 +441,9 @@ pub fn delete_collection(store: &mut Store, t: &Target, q: &ListQuery, dry_run: 
         let one = Target { namespace: Some(ns).filter(|n| !n.is_empty()), name: Some(name), ..t.clone() };
         items.push(delete(store, &one, &Value::Null, dry_run)?);
     }
-    Ok(json!({"apiVersion": t.api_version(), "kind": format!("{}List", t.info.kind), "metadata": {"resourceVersion": store.rv.to_string()}, "items": items}))
+    Ok(
+        json!({"apiVersion": t.api_version(), "kind": format!("{}List", t.info.kind), "metadata": {"resourceVersion": store.rv.to_string()}, "items": items}),
+    )
 }
 
 /// Per-kind admission: defaulting and validation beyond the object metadata.
@@ -438,7 +479,14 @@ fn admit(store: &mut Store, t: &Target, obj: &mut Value, old: Option<&Arc<Value>
         let wrong_type = causes.iter().any(|c| c.message.contains("must be of type"));
         if let Some(compiled) = v.compiled.as_ref().filter(|_| !wrong_type) {
             let old_wire = old.map(|o| t.to_wire(o));
-            causes.extend(validation::cel(compiled, &t.to_wire(obj), old_wire.as_ref(), &t.api_version(), &t.info.group, &t.info.kind));
+            causes.extend(validation::cel(
+                compiled,
+                &t.to_wire(obj),
+                old_wire.as_ref(),
+                &t.api_version(),
+                &t.info.group,
+                &t.info.kind,
+            ));
         }
         if !causes.is_empty() {
             return Err(invalid(causes));
@@ -449,7 +497,8 @@ fn admit(store: &mut Store, t: &Target, obj: &mut Value, old: Option<&Arc<Value>
 
 fn validate_service_status(status: &Value) -> Result<(), Vec<Cause>> {
     let mut causes = Vec::new();
-    for (i, ing) in status.pointer("/loadBalancer/ingress").and_then(Value::as_array).into_iter().flatten().enumerate() {
+    for (i, ing) in status.pointer("/loadBalancer/ingress").and_then(Value::as_array).into_iter().flatten().enumerate()
+    {
         let at = format!("status.loadBalancer.ingress[{i}]");
         if let Some(ip) = ing["ip"].as_str()
             && ip.parse::<std::net::IpAddr>().is_err()
@@ -459,8 +508,13 @@ fn validate_service_status(status: &Value) -> Result<(), Vec<Cause>> {
         match ing["ipMode"].as_str() {
             None => {}
             Some("VIP" | "Proxy") if ing["ip"].is_string() => {}
-            Some("VIP" | "Proxy") => causes.push(Cause::new(format!("{at}.ipMode"), "Forbidden: may not be specified when `ip` is not set")),
-            Some(m) => causes.push(Cause::new(format!("{at}.ipMode"), format!("Unsupported value: {m:?}: supported values: \"Proxy\", \"VIP\""))),
+            Some("VIP" | "Proxy") => {
+                causes.push(Cause::new(format!("{at}.ipMode"), "Forbidden: may not be specified when `ip` is not set"))
+            }
+            Some(m) => causes.push(Cause::new(
+                format!("{at}.ipMode"),
+                format!("Unsupported value: {m:?}: supported values: \"Proxy\", \"VIP\""),
+            )),
         }
     }
     causes.extend(validate_conditions(&status["conditions"], "status.conditions"));
@@ -482,7 +536,10 @@ pub fn validate_conditions(conditions: &Value, path: &str) -> Vec<Cause> {
             causes.push(Cause::new(at("type"), format!("Duplicate value: {ty:?}")));
         }
         if !matches!(c["status"].as_str(), Some("True" | "False" | "Unknown")) {
-            causes.push(Cause::new(at("status"), format!("Unsupported value: {}: supported values: \"False\", \"True\", \"Unknown\"", c["status"])));
+            causes.push(Cause::new(
+                at("status"),
+                format!("Unsupported value: {}: supported values: \"False\", \"True\", \"Unknown\"", c["status"]),
+            ));
         }
         if c["lastTransitionTime"].as_str().is_none_or(str::is_empty) {
             causes.push(Cause::new(at("lastTransitionTime"), "Required value: must be set"));
@@ -503,7 +560,10 @@ fn admit_crd(crd: &mut Value, old: Option<&Value>) -> Result<(), Vec<Cause>> {
     let group = spec["group"].as_str().unwrap_or_default();
     let plural = spec["names"]["plural"].as_str().unwrap_or_default();
     if group.is_empty() || !group.contains('.') {
-        causes.push(Cause::new("spec.group", format!("Invalid value: {group:?}: should be a domain with at least one dot")));
+        causes.push(Cause::new(
+            "spec.group",
+            format!("Invalid value: {group:?}: should be a domain with at least one dot"),
+        ));
     }
     if plural.is_empty() {
         causes.push(Cause::new("spec.names.plural", "Required value"));
@@ -512,10 +572,16 @@ fn admit_crd(crd: &mut Value, old: Option<&Value>) -> Result<(), Vec<Cause>> {
         causes.push(Cause::new("spec.names.kind", "Required value"));
     }
     if !matches!(spec["scope"].as_str(), Some("Namespaced" | "Cluster")) {
-        causes.push(Cause::new("spec.scope", format!("Unsupported value: {}: supported values: \"Cluster\", \"Namespaced\"", spec["scope"])));
+        causes.push(Cause::new(
+            "spec.scope",
+            format!("Unsupported value: {}: supported values: \"Cluster\", \"Namespaced\"", spec["scope"]),
+        ));
     }
     if crd["metadata"]["name"].as_str() != Some(&format!("{plural}.{group}")) {
-        causes.push(Cause::new("metadata.name", format!("Invalid value: {}: must be spec.names.plural+\".\"+spec.group", crd["metadata"]["name"])));
+        causes.push(Cause::new(
+            "metadata.name",
+            format!("Invalid value: {}: must be spec.names.plural+\".\"+spec.group", crd["metadata"]["name"]),
+        ));
     }
     if let Some(old) = old {
         for f in ["group", "scope"] {
@@ -526,23 +592,33 @@ fn admit_crd(crd: &mut Value, old: Option<&Value>) -> Result<(), Vec<Cause>> {
     }
     let versions = spec["versions"].as_array().cloned().unwrap_or_default();
     if versions.is_empty() {
-        causes.push(Cause::new("spec.versions", "Required value: must have exactly one version marked as storage version"));
+        causes.push(Cause::new(
+            "spec.versions",
+            "Required value: must have exactly one version marked as storage version",
+        ));
     }
     if versions.iter().filter(|v| v["storage"] == json!(true)).count() != 1 && !versions.is_empty() {
-        causes.push(Cause::new("spec.versions", "Invalid value: must have exactly one version marked as storage version"));
+        causes.push(Cause::new(
+            "spec.versions",
+            "Invalid value: must have exactly one version marked as storage version",
+        ));
     }
     for (i, v) in versions.iter().enumerate() {
         if let Some(schema) = v.pointer("/schema/openAPIV3Schema") {
             let (_, errors) = validation::compile(schema);
             for e in errors {
-                causes.push(Cause::new(format!("spec.versions[{i}].schema.openAPIV3Schema"), format!("Invalid value: compilation failed: {e}")));
+                causes.push(Cause::new(
+                    format!("spec.versions[{i}].schema.openAPIV3Schema"),
+                    format!("Invalid value: compilation failed: {e}"),
+                ));
             }
         }
     }
     if !causes.is_empty() {
         return Err(causes);
     }
-    let storage: Vec<Value> = versions.iter().filter(|v| v["storage"] == json!(true)).map(|v| v["name"].clone()).collect();
+    let storage: Vec<Value> =
+        versions.iter().filter(|v| v["storage"] == json!(true)).map(|v| v["name"].clone()).collect();
     let now = meta::now();
     crd["status"] = json!({
         "acceptedNames": spec["names"],
@@ -560,8 +636,10 @@ pub fn crd_resource(crd: &Value) -> ResourceInfo {
     let spec = &crd["spec"];
     let names = &spec["names"];
     let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
-    let strings = |v: &Value| v.as_array().into_iter().flatten().filter_map(|x| x.as_str().map(String::from)).collect::<Vec<_>>();
-    let mut versions: Vec<&Value> = spec["versions"].as_array().into_iter().flatten().filter(|v| v["served"] != json!(false)).collect();
+    let strings =
+        |v: &Value| v.as_array().into_iter().flatten().filter_map(|x| x.as_str().map(String::from)).collect::<Vec<_>>();
+    let mut versions: Vec<&Value> =
+        spec["versions"].as_array().into_iter().flatten().filter(|v| v["served"] != json!(false)).collect();
     versions.sort_by_key(|v| v["storage"] != json!(true));
     let mut crd_versions = BTreeMap::new();
     for v in &versions {

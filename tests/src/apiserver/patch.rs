@@ -39,8 +39,9 @@ impl PatchType {
 pub fn parse_body(kind: PatchType, body: &[u8]) -> ApiResult<Value> {
     match serde_json::from_slice(body) {
         Ok(v) => Ok(v),
-        Err(_) if kind == PatchType::Apply => serde_norway::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}"))),
+        Err(_) if kind == PatchType::Apply => {
+            serde_norway::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+        }
         Err(e) => Err(ApiError::bad_request(format!("error decoding patch: {e}"))),
     }
 }
@@ -82,7 +83,9 @@ pub fn apply_patch(kind: PatchType, target: &mut Value, patch: &Value) -> ApiRes
 /// The key that identifies items of a list field in a strategic merge, by field name.
 fn merge_key(field: &str, item: &Map<String, Value>) -> Option<&'static str> {
     match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env" | "imagePullSecrets" => Some("name"),
+        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env" | "imagePullSecrets" => {
+            Some("name")
+        }
         "volumeMounts" => Some("mountPath"),
         "conditions" => Some("type"),
         "ports" if item.contains_key("containerPort") => Some("containerPort"),
@@ -159,11 +162,8 @@ fn merge_list(field: &str, existing: Option<Value>, patch: &[Value], directives:
     }
     let key = patch.iter().find_map(|i| i.as_object()).and_then(|o| merge_key(field, o));
     let Some(key) = key else {
-        let replaced: Vec<Value> = patch
-            .iter()
-            .filter(|i| !(directives && i.get("$patch").is_some()))
-            .cloned()
-            .collect();
+        let replaced: Vec<Value> =
+            patch.iter().filter(|i| !(directives && i.get("$patch").is_some())).cloned().collect();
         return Value::Array(replaced);
     };
     for item in patch {
@@ -217,7 +217,10 @@ mod tests {
             "ports": [{"port": 80, "name": "http"}, {"port": 8080}, {"port": 443, "$patch": "delete"}],
             "selector": {"old": null}}, "metadata": {"finalizers": ["f2"]}});
         apply_patch(PatchType::Strategic, &mut svc, &patch).unwrap();
-        assert_eq!(svc["spec"]["ports"], json!([{"port": 80, "nodePort": 30080, "protocol": "TCP", "name": "http"}, {"port": 8080}]));
+        assert_eq!(
+            svc["spec"]["ports"],
+            json!([{"port": 80, "nodePort": 30080, "protocol": "TCP", "name": "http"}, {"port": 8080}])
+        );
         assert_eq!(svc["spec"]["selector"], json!({"app": "a"}));
         assert_eq!(svc["metadata"]["finalizers"], json!(["f1", "f2"]));
         let mut t = json!({"spec": {"a": 1, "b": 2}});
@@ -227,7 +230,10 @@ mod tests {
 
     #[test]
     fn content_types_and_bodies() {
-        assert_eq!(PatchType::from_content_type("application/apply-patch+yaml; charset=utf-8").unwrap(), PatchType::Apply);
+        assert_eq!(
+            PatchType::from_content_type("application/apply-patch+yaml; charset=utf-8").unwrap(),
+            PatchType::Apply
+        );
         assert_eq!(PatchType::from_content_type("text/plain").unwrap_err().code, 415);
         assert_eq!(parse_body(PatchType::Apply, b"a: 1\nb: [x]\n").unwrap(), json!({"a": 1, "b": ["x"]}));
         assert_eq!(parse_body(PatchType::Merge, b"a: 1").unwrap_err().code, 400);

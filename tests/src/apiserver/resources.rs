@@ -157,10 +157,18 @@ pub fn builtins() -> Vec<ResourceInfo> {
         ResourceInfo::builtin("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", false),
         ResourceInfo::builtin("rbac.authorization.k8s.io", "v1", "Role", "roles", true),
         ResourceInfo::builtin("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", true),
-        ResourceInfo::builtin("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", true).status().short(&["pdb"]),
-        ResourceInfo::builtin("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", false)
+        ResourceInfo::builtin("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", true)
             .status()
-            .short(&["crd", "crds"]),
+            .short(&["pdb"]),
+        ResourceInfo::builtin(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+            false,
+        )
+        .status()
+        .short(&["crd", "crds"]),
     ]
 }
 

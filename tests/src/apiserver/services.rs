@@ -105,12 +105,8 @@ fn family_of(ip: &IpAddr) -> &'static str {
 
 fn cluster_ips(svc: &Value) -> Vec<IpAddr> {
     let spec = &svc["spec"];
-    let mut out: Vec<IpAddr> = spec["clusterIPs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_str()?.parse().ok())
-        .collect();
+    let mut out: Vec<IpAddr> =
+        spec["clusterIPs"].as_array().into_iter().flatten().filter_map(|v| v.as_str()?.parse().ok()).collect();
     if let Some(ip) = spec["clusterIP"].as_str().and_then(|s| s.parse().ok())
         && !out.contains(&ip)
     {
@@ -174,7 +170,10 @@ pub fn admit(svc: &mut Value, old: Option<&Value>, net: &mut ServiceNetwork) -> 
     if ty == "NodePort" || ty == "LoadBalancer" {
         set_default(spec, "externalTrafficPolicy", json!("Cluster"));
     } else if spec.get("externalTrafficPolicy").is_some_and(|v| !v.is_null()) {
-        causes.push(Cause::new("spec.externalTrafficPolicy", "Invalid value: may only be set when `type` is 'NodePort' or 'LoadBalancer'"));
+        causes.push(Cause::new(
+            "spec.externalTrafficPolicy",
+            "Invalid value: may only be set when `type` is 'NodePort' or 'LoadBalancer'",
+        ));
     }
     if ty == "LoadBalancer" {
         set_default(spec, "allocateLoadBalancerNodePorts", json!(true));
@@ -197,7 +196,8 @@ pub fn admit(svc: &mut Value, old: Option<&Value>, net: &mut ServiceNetwork) -> 
 /// When the type changes away from NodePort/LoadBalancer, fields that only make sense there are
 /// dropped unless the same request changed them (as the real Service strategy does).
 fn drop_type_dependent_fields(spec: &mut Value, old: &Value) {
-    let (ty, old_ty) = (spec["type"].as_str().unwrap_or_default().to_string(), old["type"].as_str().unwrap_or_default());
+    let (ty, old_ty) =
+        (spec["type"].as_str().unwrap_or_default().to_string(), old["type"].as_str().unwrap_or_default());
     let unchanged = |spec: &Value, k: &str| spec.get(k) == old.get(k);
     if (old_ty == "NodePort" || old_ty == "LoadBalancer") && !needs_node_ports(spec) {
         let same_ports = spec["ports"].as_array().zip(old["ports"].as_array()).is_some_and(|(n, o)| {
@@ -213,14 +213,18 @@ fn drop_type_dependent_fields(spec: &mut Value, old: &Value) {
     }
     if ty != "NodePort" && ty != "LoadBalancer" {
         for k in ["externalTrafficPolicy", "healthCheckNodePort"] {
-            if unchanged(spec, k) && let Some(o) = spec.as_object_mut() {
+            if unchanged(spec, k)
+                && let Some(o) = spec.as_object_mut()
+            {
                 o.remove(k);
             }
         }
     }
     if ty != "LoadBalancer" {
         for k in ["allocateLoadBalancerNodePorts", "loadBalancerClass"] {
-            if unchanged(spec, k) && let Some(o) = spec.as_object_mut() {
+            if unchanged(spec, k)
+                && let Some(o) = spec.as_object_mut()
+            {
                 o.remove(k);
             }
         }
@@ -249,7 +253,10 @@ fn validate_lb_fields(spec: &Value, old: &Value, ty: &str, causes: &mut Vec<Caus
     }
     for (i, r) in spec["loadBalancerSourceRanges"].as_array().into_iter().flatten().enumerate() {
         if r.as_str().and_then(|s| s.trim().parse::<IpNetwork>().ok()).is_none() {
-            causes.push(Cause::new(format!("spec.loadBalancerSourceRanges[{i}]"), format!("Invalid value: {r}: must be a valid CIDR")));
+            causes.push(Cause::new(
+                format!("spec.loadBalancerSourceRanges[{i}]"),
+                format!("Invalid value: {r}: must be a valid CIDR"),
+            ));
         }
     }
     for (field, allowed) in [
@@ -261,7 +268,10 @@ fn validate_lb_fields(spec: &Value, old: &Value, ty: &str, causes: &mut Vec<Caus
         if let Some(v) = spec[field].as_str()
             && !allowed.contains(&v)
         {
-            causes.push(Cause::new(format!("spec.{field}"), format!("Unsupported value: {v:?}: supported values: {allowed:?}")));
+            causes.push(Cause::new(
+                format!("spec.{field}"),
+                format!("Unsupported value: {v:?}: supported values: {allowed:?}"),
+            ));
         }
     }
 }
@@ -286,11 +296,17 @@ fn validate_ports(spec: &mut Value, ty: &str, net: &ServiceNetwork, causes: &mut
         let at = |f: &str| format!("spec.ports[{i}].{f}");
         let port = p["port"].as_u64().unwrap_or(0);
         if !(1..=65535).contains(&port) {
-            causes.push(Cause::new(at("port"), format!("Invalid value: {}: must be between 1 and 65535, inclusive", p["port"])));
+            causes.push(Cause::new(
+                at("port"),
+                format!("Invalid value: {}: must be between 1 and 65535, inclusive", p["port"]),
+            ));
         }
         let proto = p["protocol"].as_str().unwrap_or_default().to_string();
         if !["TCP", "UDP", "SCTP"].contains(&proto.as_str()) {
-            causes.push(Cause::new(at("protocol"), format!("Unsupported value: {proto:?}: supported values: \"SCTP\", \"TCP\", \"UDP\"")));
+            causes.push(Cause::new(
+                at("protocol"),
+                format!("Unsupported value: {proto:?}: supported values: \"SCTP\", \"TCP\", \"UDP\""),
+            ));
         }
         let name = p["name"].as_str().unwrap_or_default().to_string();
         if many && name.is_empty() {
@@ -321,7 +337,10 @@ fn validate_ports(spec: &mut Value, ty: &str, net: &ServiceNetwork, causes: &mut
 fn assign_cluster_ips(spec: &mut Value, old: &Value, net: &mut ServiceNetwork, causes: &mut Vec<Cause>) {
     // Allocated values survive updates that omit them (kubectl apply, PUT without them).
     for k in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
-        if spec.get(k).is_none_or(Value::is_null) && !old.get(k).is_none_or(Value::is_null) && old["type"] != json!("ExternalName") {
+        if spec.get(k).is_none_or(Value::is_null)
+            && !old.get(k).is_none_or(Value::is_null)
+            && old["type"] != json!("ExternalName")
+        {
             spec[k] = old[k].clone();
         }
     }
@@ -346,26 +365,39 @@ fn assign_cluster_ips(spec: &mut Value, old: &Value, net: &mut ServiceNetwork, c
             "SingleStack" => configured.iter().take(1).map(|f| f.to_string()).collect(),
             _ => configured.iter().map(|f| f.to_string()).collect(),
         };
-    } else if policy != "SingleStack" && families.len() == 1 {
-        if let Some(other) = configured.iter().find(|f| **f != families[0]) {
-            families.push(other.to_string());
-        }
+    } else if policy != "SingleStack"
+        && families.len() == 1
+        && let Some(other) = configured.iter().find(|f| **f != families[0])
+    {
+        families.push(other.to_string());
     }
     for (i, f) in families.iter().enumerate() {
         if f != "IPv4" && f != "IPv6" {
-            causes.push(Cause::new(format!("spec.ipFamilies[{i}]"), format!("Unsupported value: {f:?}: supported values: \"IPv4\", \"IPv6\"")));
+            causes.push(Cause::new(
+                format!("spec.ipFamilies[{i}]"),
+                format!("Unsupported value: {f:?}: supported values: \"IPv4\", \"IPv6\""),
+            ));
         } else if !configured.contains(&f.as_str()) {
-            causes.push(Cause::new(format!("spec.ipFamilies[{i}]"), format!("Invalid value: {f:?}: not configured on this cluster")));
+            causes.push(Cause::new(
+                format!("spec.ipFamilies[{i}]"),
+                format!("Invalid value: {f:?}: not configured on this cluster"),
+            ));
         }
     }
     if families.len() > 2 || (families.len() == 2 && families[0] == families[1]) {
         causes.push(Cause::new("spec.ipFamilies", "Invalid value: at most one of each family may be given"));
     }
     if policy == "SingleStack" && families.len() > 1 {
-        causes.push(Cause::new("spec.ipFamilyPolicy", "Invalid value: \"SingleStack\": must be dualStack ipFamilyPolicy when ipFamilies has two entries"));
+        causes.push(Cause::new(
+            "spec.ipFamilyPolicy",
+            "Invalid value: \"SingleStack\": must be dualStack ipFamilyPolicy when ipFamilies has two entries",
+        ));
     }
     if policy == "RequireDualStack" && families.len() < 2 {
-        causes.push(Cause::new("spec.ipFamilyPolicy", "Invalid value: \"RequireDualStack\": this cluster is not configured for dual-stack services"));
+        causes.push(Cause::new(
+            "spec.ipFamilyPolicy",
+            "Invalid value: \"RequireDualStack\": this cluster is not configured for dual-stack services",
+        ));
     }
     if !causes.is_empty() {
         return;
@@ -381,18 +413,28 @@ fn assign_cluster_ips(spec: &mut Value, old: &Value, net: &mut ServiceNetwork, c
         if let Some(ip) = requested_ips.iter().find(|ip| family_of(ip) == family) {
             let in_range = net.family_cidr(family).is_some_and(|c| c.contains(*ip));
             let owner = net.ips.get(ip);
-            let mine = old["clusterIPs"].as_array().is_some_and(|a| a.iter().any(|v| v.as_str() == Some(&ip.to_string())));
+            let mine =
+                old["clusterIPs"].as_array().is_some_and(|a| a.iter().any(|v| v.as_str() == Some(&ip.to_string())));
             if !in_range {
-                causes.push(Cause::new(format!("spec.clusterIPs[{i}]"), format!("Invalid value: {ip:?}: provided IP is not in the valid range")));
+                causes.push(Cause::new(
+                    format!("spec.clusterIPs[{i}]"),
+                    format!("Invalid value: {ip:?}: provided IP is not in the valid range"),
+                ));
             } else if owner.is_some() && !mine {
-                causes.push(Cause::new(format!("spec.clusterIPs[{i}]"), format!("Invalid value: {ip:?}: provided IP is already allocated")));
+                causes.push(Cause::new(
+                    format!("spec.clusterIPs[{i}]"),
+                    format!("Invalid value: {ip:?}: provided IP is already allocated"),
+                ));
             }
             ips.push(*ip);
         } else if let Some(ip) = net.allocate_ip(family, &taken) {
             taken.insert(ip);
             ips.push(ip);
         } else {
-            causes.push(Cause::new(format!("spec.clusterIPs[{i}]"), format!("Internal error: no {family} ClusterIP is free")));
+            causes.push(Cause::new(
+                format!("spec.clusterIPs[{i}]"),
+                format!("Internal error: no {family} ClusterIP is free"),
+            ));
         }
     }
     if causes.is_empty() {
@@ -421,7 +463,10 @@ fn assign_node_ports(spec: &mut Value, old: &Value, net: &ServiceNetwork, me: &O
         };
         let n = as_port(&p["nodePort"]).or_else(kept);
         if let Some(n) = n.filter(|n| !mine(*n)) {
-            causes.push(Cause::new(format!("spec.ports[{i}].nodePort"), format!("Invalid value: {n}: provided port is already allocated")));
+            causes.push(Cause::new(
+                format!("spec.ports[{i}].nodePort"),
+                format!("Invalid value: {n}: provided port is already allocated"),
+            ));
         }
         chosen.push(n);
     }
@@ -446,7 +491,10 @@ fn assign_node_ports(spec: &mut Value, old: &Value, net: &ServiceNetwork, me: &O
         let hc = as_port(&spec["healthCheckNodePort"]).or_else(|| as_port(&old["healthCheckNodePort"]));
         match hc {
             Some(n) if !mine(n) || taken.contains(&n) => {
-                causes.push(Cause::new("spec.healthCheckNodePort", format!("Invalid value: {n}: provided port is already allocated")));
+                causes.push(Cause::new(
+                    "spec.healthCheckNodePort",
+                    format!("Invalid value: {n}: provided port is already allocated"),
+                ));
             }
             Some(n) => spec["healthCheckNodePort"] = json!(n),
             None => match net.allocate_port(&taken) {

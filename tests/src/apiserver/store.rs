@@ -83,10 +83,8 @@ impl Store {
             Some(c) => c.info = info,
             None => {
                 let compacted = self.rv;
-                self.collections.insert(
-                    key,
-                    Collection { info, objects: BTreeMap::new(), history: VecDeque::new(), compacted },
-                );
+                self.collections
+                    .insert(key, Collection { info, objects: BTreeMap::new(), history: VecDeque::new(), compacted });
             }
         }
     }
@@ -137,7 +135,11 @@ impl Store {
         let mut last = (*old).clone();
         last["metadata"]["resourceVersion"] = Value::String(self.rv.to_string());
         let last = Arc::new(last);
-        record(c, history_limit, Change { rv: self.rv, kind: ChangeKind::Deleted, object: last.clone(), old: Some(old.clone()) });
+        record(
+            c,
+            history_limit,
+            Change { rv: self.rv, kind: ChangeKind::Deleted, object: last.clone(), old: Some(old.clone()) },
+        );
         if key.1 == "services" && key.0.is_empty() {
             self.services.release(Some(&old));
         }

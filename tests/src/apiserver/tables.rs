@@ -82,7 +82,12 @@ fn service_row(obj: &Value) -> Vec<Value> {
             }
         })
         .collect();
-    let selector: Vec<String> = spec["selector"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect();
+    let selector: Vec<String> = spec["selector"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
     vec![
         json!(ty),
         json!(spec["clusterIP"].as_str().unwrap_or("<none>")),
@@ -111,7 +116,8 @@ fn node_status(obj: &Value) -> String {
 pub fn table(info: &ResourceInfo, version: &str, items: &[Value], list_meta: Value, include_object: bool) -> Value {
     let age = || column("Age", "string", 0, "CreationTimestamp");
     let mut columns = vec![column("Name", "string", 0, "Name must be unique within a namespace.")];
-    let crd_columns: Option<Vec<PrinterColumn>> = info.crd.as_ref().and_then(|v| v.get(version)).map(|v| v.columns.clone());
+    let crd_columns: Option<Vec<PrinterColumn>> =
+        info.crd.as_ref().and_then(|v| v.get(version)).map(|v| v.columns.clone());
     match (info.group.as_str(), info.plural.as_str(), &crd_columns) {
         ("", "services", _) => {
             for (n, p) in [("Type", 0), ("Cluster-IP", 0), ("External-IP", 0), ("Port(s)", 0)] {

@@ -99,7 +99,11 @@ fn walk(schema: &Value, value: &mut Value, path: &str, causes: &mut Vec<Cause>) 
         if !ok {
             causes.push(Cause::new(
                 path,
-                format!("Invalid value: {}: {path} in body must be of type {want}: {:?}", shown(value), type_name(value)),
+                format!(
+                    "Invalid value: {}: {path} in body must be of type {want}: {:?}",
+                    shown(value),
+                    type_name(value)
+                ),
             ));
             return;
         }
@@ -167,7 +171,10 @@ fn value_checks(schema: &Value, value: &Value, path: &str, causes: &mut Vec<Caus
         && !options.contains(value)
     {
         let list: Vec<String> = options.iter().map(|o| o.to_string()).collect();
-        causes.push(Cause::new(path, format!("Unsupported value: {}: supported values: {}", shown(value), list.join(", "))));
+        causes.push(Cause::new(
+            path,
+            format!("Unsupported value: {}: supported values: {}", shown(value), list.join(", ")),
+        ));
     }
     match value {
         Value::String(s) => {
@@ -215,7 +222,10 @@ fn value_checks(schema: &Value, value: &Value, path: &str, causes: &mut Vec<Caus
                 && n.as_i64().is_none_or(|i| !range.contains(&i))
                 && !(n.is_u64() && schema["format"] == "int64" && n.as_u64() <= Some(i64::MAX as u64))
             {
-                causes.push(invalid(format!("{path} in body must be of type {}", schema["format"].as_str().unwrap_or_default())));
+                causes.push(invalid(format!(
+                    "{path} in body must be of type {}",
+                    schema["format"].as_str().unwrap_or_default()
+                )));
             }
         }
         Value::Array(items) => {
@@ -251,7 +261,10 @@ fn value_checks(schema: &Value, value: &Value, path: &str, causes: &mut Vec<Caus
             c.is_empty()
         });
         if !ok {
-            causes.push(Cause::new(path, format!("Invalid value: {}: {path} in body must match at least one schema in anyOf", shown(value))));
+            causes.push(Cause::new(
+                path,
+                format!("Invalid value: {}: {path} in body must match at least one schema in anyOf", shown(value)),
+            ));
         }
     }
     if let Some(one) = schema["oneOf"].as_array() {
@@ -264,14 +277,20 @@ fn value_checks(schema: &Value, value: &Value, path: &str, causes: &mut Vec<Caus
             })
             .count();
         if n != 1 {
-            causes.push(Cause::new(path, format!("Invalid value: {}: {path} in body must match exactly one schema in oneOf", shown(value))));
+            causes.push(Cause::new(
+                path,
+                format!("Invalid value: {}: {path} in body must match exactly one schema in oneOf", shown(value)),
+            ));
         }
     }
     if let Some(not) = schema.get("not") {
         let mut c = Vec::new();
         walk(not, &mut value.clone(), path, &mut c);
         if c.is_empty() {
-            causes.push(Cause::new(path, format!("Invalid value: {}: {path} in body must not match the schema in not", shown(value))));
+            causes.push(Cause::new(
+                path,
+                format!("Invalid value: {}: {path} in body must not match the schema in not", shown(value)),
+            ));
         }
     }
 }
@@ -430,10 +449,15 @@ mod tests {
 
     #[test]
     fn every_check_reports_its_field() {
-        let mut o = json!({"spec": {"addresses": ["abc", "1.2.3.4.5.6.7"], "priority": -1, "mode": "c", "labels": {"a": 1}}});
+        let mut o =
+            json!({"spec": {"addresses": ["abc", "1.2.3.4.5.6.7"], "priority": -1, "mode": "c", "labels": {"a": 1}}});
         let causes = structural(&schema(), &mut o);
         let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
-        assert_eq!(fields, ["spec.addresses[0]", "spec.addresses[1]", "spec.labels.a", "spec.mode", "spec.priority"], "{causes:?}");
+        assert_eq!(
+            fields,
+            ["spec.addresses[0]", "spec.addresses[1]", "spec.labels.a", "spec.mode", "spec.priority"],
+            "{causes:?}"
+        );
         assert!(causes[0].message.contains("should match '^[0-9./]+$'"));
         assert!(causes[1].message.contains("Too long"));
         assert!(causes[4].message.contains("greater than or equal to 0"));

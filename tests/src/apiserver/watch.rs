@@ -64,7 +64,13 @@ fn in_scope(t: &Target, q: &ListQuery, obj: &Value) -> bool {
 fn render(t: &Target, opts: &WatchOptions, obj: &Value, coll: &Collection) -> Value {
     let wire = t.to_wire(obj);
     if opts.table {
-        tables::table(&coll.info, &t.version, &[wire], json!({"resourceVersion": obj["metadata"]["resourceVersion"]}), opts.include_object)
+        tables::table(
+            &coll.info,
+            &t.version,
+            &[wire],
+            json!({"resourceVersion": obj["metadata"]["resourceVersion"]}),
+            opts.include_object,
+        )
     } else {
         wire
     }
@@ -130,12 +136,8 @@ async fn run(shared: Arc<Shared>, t: Target, q: ListQuery, opts: WatchOptions, t
             let (initial, rv) = {
                 let store = shared.lock();
                 let Some(coll) = store.collection(&t.key) else { return };
-                let items: Vec<Value> = coll
-                    .objects
-                    .values()
-                    .filter(|o| in_scope(&t, &q, o))
-                    .map(|o| render(&t, &opts, o, coll))
-                    .collect();
+                let items: Vec<Value> =
+                    coll.objects.values().filter(|o| in_scope(&t, &q, o)).map(|o| render(&t, &opts, o, coll)).collect();
                 (items, store.rv)
             };
             for obj in initial {

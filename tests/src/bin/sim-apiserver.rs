@@ -28,19 +28,13 @@ struct Args {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
     let args = Args::parse();
-    let (lo, hi) = args
-        .service_node_port_range
-        .split_once('-')
-        .ok_or("--service-node-port-range must look like 30000-32767")?;
+    let (lo, hi) =
+        args.service_node_port_range.split_once('-').ok_or("--service-node-port-range must look like 30000-32767")?;
     let (lo, hi): (u16, u16) = (lo.trim().parse()?, hi.trim().parse()?);
     if lo > hi {
         return Err("--service-node-port-range: start is after end".into());
     }
-    let cidrs = args
-        .service_cluster_ip_range
-        .split(',')
-        .map(|c| c.trim().parse())
-        .collect::<Result<Vec<_>, _>>()?;
+    let cidrs = args.service_cluster_ip_range.split(',').map(|c| c.trim().parse()).collect::<Result<Vec<_>, _>>()?;
     let config = SimConfig { listen: args.listen, service_cidrs: cidrs, node_ports: lo..=hi, ..SimConfig::default() };
     let server = SimApiServer::start(config).await?;
     if let Some(path) = &args.kubeconfig_out {

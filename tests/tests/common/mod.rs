@@ -54,9 +54,8 @@ pub fn in_ci() -> bool {
 /// kubectl, or None (with a note) when it is missing outside CI; under CI=true a missing kubectl
 /// fails the test.
 pub fn kubectl() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|p| p.join("kubectl")).find(|p| p.is_file())
-    });
+    let found = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("kubectl")).find(|p| p.is_file()));
     match found {
         Some(p) => Some(p),
         None if in_ci() => panic!("kubectl is not on PATH, and CI=true requires these tests to run"),
@@ -79,7 +78,11 @@ pub fn workspace_binary(name: &str) -> PathBuf {
 /// Runs a command to completion and returns (success, stdout, stderr).
 pub fn run(cmd: &mut Command) -> (bool, String, String) {
     let out = cmd.output().expect("command starts");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// The IPPool CRD exactly as the chart ships it.

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every check CI runs: formatting, clippy, the build, and all tests (unit, property,
+# sim-apiserver, kubectl, binaries; later the root/netns lab suites). Debian, as root.
+# Installs what it needs. Under CI=true, tests whose prerequisites are missing fail instead of
+# skipping.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v nft >/dev/null || missing+=(nftables)
+command -v ip >/dev/null || missing+=(iproute2)
+command -v kubectl >/dev/null || missing+=(kubectl)
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  apt-get update -qq
+  # kubectl comes from Kubernetes' own apt repository where Debian's lacks it; the kubectl tests
+  # say so (and fail under CI=true) if it could not be installed.
+  apt-get install -y -qq "${missing[@]}" || apt-get install -y -qq nftables iproute2
+fi
+if ! command -v cargo >/dev/null; then
+  echo "cargo is missing: install a Rust toolchain (rustup, 1.89 or newer)" >&2
+  exit 1
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo build --workspace --all-targets
+cargo test --workspace --no-fail-fast
