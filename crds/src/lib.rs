@@ -8,6 +8,7 @@ pub mod annotations;
 pub mod ippool;
 #[cfg(feature = "runtime")]
 pub mod runtime;
+pub mod selector;
 
 pub use addresses::{AddressError, AddressRange, Family};
 pub use ippool::{AddressCounts, IPPool, IPPoolSpec, IPPoolStatus, L2Settings, ServiceAllocation};

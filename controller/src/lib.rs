@@ -1,0 +1,3 @@
+//! ferrolb's controller: IP address management for LoadBalancer Services.
+
+pub mod allocator;
