@@ -336,7 +336,9 @@ impl Allocator {
         for other in users.iter().filter(|u| **u != req.key) {
             let Some(h) = self.holders.get(other) else { continue };
             let why = match (&h.sharing_key, &req.sharing_key) {
-                (None, _) | (_, None) => Some("sharing needs the same ferrolb.io/sharing-key on both Services".to_string()),
+                (None, _) | (_, None) => {
+                    Some("sharing needs the same ferrolb.io/sharing-key on both Services".to_string())
+                }
                 (Some(a), Some(b)) if a != b => Some(format!("its sharing key is {a:?}, this Service's is {b:?}")),
                 _ => {
                     if let Some((p, n)) = h.ports.intersection(&req.ports).next() {
@@ -373,9 +375,7 @@ impl Allocator {
         let mut ordered: Vec<(&String, &Pool)> = self
             .pools
             .iter()
-            .filter(|(n, p)| {
-                p.config.auto_assign && !p.config.disabled && self.selection_allows(n, p, req).is_ok()
-            })
+            .filter(|(n, p)| p.config.auto_assign && !p.config.disabled && self.selection_allows(n, p, req).is_ok())
             .collect();
         ordered.sort_by_key(|(n, p)| (p.config.priority, (*n).clone()));
         if ordered.is_empty() {
@@ -572,7 +572,8 @@ impl Allocator {
             }
             Err(e) => {
                 // A change that cannot be met keeps what the Service has, if that is still valid.
-                let kept = held.as_ref().map(|h| Self::trim(h, req)).filter(|k| !k.ips.is_empty() && self.still_valid(k, req));
+                let kept =
+                    held.as_ref().map(|h| Self::trim(h, req)).filter(|k| !k.ips.is_empty() && self.still_valid(k, req));
                 let released: Vec<IpAddr> = held
                     .iter()
                     .flat_map(|h| h.ips.iter().copied())

@@ -159,9 +159,7 @@ impl Pool {
 
     /// Whether this pool's addresses overlap `other`'s.
     pub fn overlaps(&self, other: &Pool) -> bool {
-        (0..2).any(|i| {
-            self.all[i].spans().any(|(s, e)| other.all[i].spans().any(|(os, oe)| s <= oe && os <= e))
-        })
+        (0..2).any(|i| self.all[i].spans().any(|(s, e)| other.all[i].spans().any(|(os, oe)| s <= oe && os <= e)))
     }
 
     /// Total, used and available counts for `f` (None when the pool has no such addresses).

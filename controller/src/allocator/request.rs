@@ -24,7 +24,11 @@ pub fn is_handled(svc: &Service, lb_class: &str, class_only: bool) -> bool {
 
 /// The `namespace/name` key of a Service.
 pub fn key_of(svc: &Service) -> String {
-    format!("{}/{}", svc.metadata.namespace.as_deref().unwrap_or_default(), svc.metadata.name.as_deref().unwrap_or_default())
+    format!(
+        "{}/{}",
+        svc.metadata.namespace.as_deref().unwrap_or_default(),
+        svc.metadata.name.as_deref().unwrap_or_default()
+    )
 }
 
 /// The addresses a Service's status shows.
@@ -132,7 +136,9 @@ mod tests {
     #[test]
     fn handled_services() {
         let lb = |class: Option<&str>| {
-            svc(json!({"metadata": {"name": "a", "namespace": "n"}, "spec": {"type": "LoadBalancer", "loadBalancerClass": class}}))
+            svc(
+                json!({"metadata": {"name": "a", "namespace": "n"}, "spec": {"type": "LoadBalancer", "loadBalancerClass": class}}),
+            )
         };
         assert!(is_handled(&lb(None), "ferrolb.io/lb", false));
         assert!(!is_handled(&lb(None), "ferrolb.io/lb", true));
@@ -173,7 +179,10 @@ mod tests {
         };
         assert!(with(json!({"ferrolb.io/ips": "garbage"}), None).contains("not an IP address"));
         assert!(with(json!({"ferrolb.io/ips": "198.51.100.1"}), Some("198.51.100.2")).contains("use only one"));
-        assert!(with(json!({"ferrolb.io/ips": "198.51.100.1,198.51.100.2"}), None).contains("one requested address per family"));
+        assert!(
+            with(json!({"ferrolb.io/ips": "198.51.100.1,198.51.100.2"}), None)
+                .contains("one requested address per family")
+        );
         assert!(with(json!({}), Some("nope")).contains("spec.loadBalancerIP"));
         assert!(with(json!({"ferrolb.io/pool": "a", "metallb.io/address-pool": "b"}), None).contains("disagree"));
     }

@@ -83,8 +83,20 @@ fn label_selection() {
         match_expressions: None,
     };
     let mut a = Allocator::new();
-    a.set_pool("ns", PoolConfig { selection: Selection { namespace_selector: Some(sel("lb", "home")), ..Default::default() }, ..config(&["198.51.100.1/32"]) });
-    a.set_pool("svc", PoolConfig { selection: Selection { service_selector: Some(sel("expose", "lan")), ..Default::default() }, ..config(&["198.51.100.2/32"]) });
+    a.set_pool(
+        "ns",
+        PoolConfig {
+            selection: Selection { namespace_selector: Some(sel("lb", "home")), ..Default::default() },
+            ..config(&["198.51.100.1/32"])
+        },
+    );
+    a.set_pool(
+        "svc",
+        PoolConfig {
+            selection: Selection { service_selector: Some(sel("expose", "lan")), ..Default::default() },
+            ..config(&["198.51.100.2/32"])
+        },
+    );
     let mut r = req("n/a");
     assert!(a.assign(&r, &[], None).error.is_some());
     r.namespace_labels.insert("lb".into(), "home".into());
@@ -128,7 +140,8 @@ fn sharing_needs_the_key_free_ports_and_the_same_policy() {
     assert!(a.assign(&clash, &[], None).error.unwrap().to_string().contains("both use port 80/TCP"));
     let other_key = Request { ips: first.clone(), ..shared("n/d", "other", 8080) };
     assert!(a.assign(&other_key, &[], None).error.unwrap().to_string().contains("sharing key"));
-    let local = Request { ips: first.clone(), policy: TrafficPolicy::Local(BTreeMap::new()), ..shared("n/e", "k", 9090) };
+    let local =
+        Request { ips: first.clone(), policy: TrafficPolicy::Local(BTreeMap::new()), ..shared("n/e", "k", 9090) };
     assert!(a.assign(&local, &[], None).error.unwrap().to_string().contains("externalTrafficPolicy"));
     // A key change moves a Service that shares; the sole user may change its key in place.
     let moved = ips_of(&a.assign(&shared("n/b", "new", 443), &[], None));
@@ -302,7 +315,12 @@ fn check_invariants(a: &Allocator, reqs: &BTreeMap<String, Request>) -> Result<(
     for (ipx, holders) in by_ip {
         if holders.len() > 1 {
             let keys: BTreeSet<_> = holders.iter().map(|k| reqs[*k].sharing_key.clone()).collect();
-            prop_assert!(keys.len() == 1 && keys.iter().next().unwrap().is_some(), "{} shared without one key: {:?}", ipx, holders);
+            prop_assert!(
+                keys.len() == 1 && keys.iter().next().unwrap().is_some(),
+                "{} shared without one key: {:?}",
+                ipx,
+                holders
+            );
             let mut ports = BTreeSet::new();
             for k in &holders {
                 for p in &reqs[*k].ports {

@@ -50,10 +50,19 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
     let query: HashMap<String, String> =
         form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
     let path = parts.uri.path().trim_end_matches('/').to_string();
-    match route(&shared, &parts.method, &path, &query, &parts.headers, &body) {
+    let response = match route(&shared, &parts.method, &path, &query, &parts.headers, &body) {
         Ok(r) => r,
         Err(e) => error_response(&e),
-    }
+    };
+    let record = super::RequestRecord {
+        method: parts.method.to_string(),
+        path,
+        field_manager: query.get("fieldManager").cloned(),
+        watch: query.get("watch").is_some_and(|w| w == "true" || w == "1"),
+        code: response.status().as_u16(),
+    };
+    shared.requests.lock().unwrap_or_else(|e| e.into_inner()).push(record);
+    response
 }
 
 fn route(

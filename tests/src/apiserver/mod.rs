@@ -74,9 +74,26 @@ pub struct Faults {
     pub latency_ms: AtomicU64,
 }
 
+/// One request the server answered (for tests that check who wrote what, and RBAC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// HTTP method.
+    pub method: String,
+    /// Path without the query.
+    pub path: String,
+    /// The `fieldManager` query parameter, if any.
+    pub field_manager: Option<String>,
+    /// Whether it was a watch.
+    pub watch: bool,
+    /// The HTTP status code.
+    pub code: u16,
+}
+
 /// State shared by all requests.
 #[derive(Debug)]
 pub struct Shared {
+    /// Every request answered, in order.
+    pub requests: Mutex<Vec<RequestRecord>>,
     store: Mutex<Store>,
     /// Carries the latest resourceVersion; watches wake on it.
     pub changes: tokio::sync::watch::Sender<u64>,
@@ -108,6 +125,11 @@ impl Shared {
     pub fn fail_next_writes(&self, count: u32, code: u16) {
         self.faults.fail_code.store(code, Ordering::SeqCst);
         self.faults.fail_writes.store(count, Ordering::SeqCst);
+    }
+
+    /// A copy of the request log.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.requests.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Delays every request by `latency`.
@@ -148,6 +170,7 @@ impl SimApiServer {
         }
         let rv = store.rv;
         let shared = Arc::new(Shared {
+            requests: Mutex::new(Vec::new()),
             store: Mutex::new(store),
             changes: tokio::sync::watch::channel(rv).0,
             drops: tokio::sync::watch::channel(0).0,

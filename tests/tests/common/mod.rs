@@ -106,3 +106,94 @@ pub async fn raw_request(addr: std::net::SocketAddr, method: &str, path: &str, b
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+pub struct Proc(pub std::process::Child);
+
+impl Proc {
+    /// Kills it at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.0.wait().expect("wait")
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A free loopback TCP address.
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// sim-apiserver with the IPPool CRD and the `ferrolb-system` namespace, as the chart sets up.
+pub async fn ferrolb_cluster() -> (SimApiServer, kube::Client, PathBuf) {
+    use k8s_openapi::api::core::v1::Namespace;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, PostParams};
+    let (server, client) = start().await;
+    Api::<CustomResourceDefinition>::all(client.clone()).create(&PostParams::default(), &ippool_crd()).await.unwrap();
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": "ferrolb-system"}})).unwrap();
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("ferrolb-{}-{}", std::process::id(), uuid_like()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+    (server, client, kubeconfig)
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("{}", N.fetch_add(1, Ordering::SeqCst))
+}
+
+/// Starts `ferrolb-controller` against `kubeconfig` with short leader-election timings; /metrics,
+/// /healthz and /readyz on `http`.
+pub fn spawn_controller(
+    kubeconfig: &std::path::Path,
+    identity: &str,
+    http: std::net::SocketAddr,
+    extra: &[&str],
+) -> Proc {
+    let http = http.to_string();
+    let child = Command::new(workspace_binary("ferrolb-controller"))
+        .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "--namespace", "ferrolb-system", "--identity", identity])
+        .args(["--leader-lease-seconds", "3", "--leader-retry-ms", "300"])
+        .args(["--metrics-addr", &http, "--health-addr", &http, "--log-level", "warn"])
+        .args(extra)
+        .stdout(if std::env::var_os("FERROLB_TEST_LOGS").is_some() {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::null()
+        })
+        .spawn()
+        .expect("ferrolb-controller starts");
+    Proc(child)
+}
+
+/// GET `path` from a plain HTTP endpoint; None when nothing answers.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, out))
+}
