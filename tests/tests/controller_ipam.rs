@@ -454,7 +454,7 @@ async fn create_many(client: &Client, range: std::ops::Range<usize>) -> Vec<Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_in_the_middle_of_a_burst_moves_nothing_and_finishes_the_work() {
-    let (_server, client, kubeconfig) = ferrolb_cluster().await;
+    let (server, client, kubeconfig) = ferrolb_cluster().await;
     pool(&client, "doc", json!({"addresses": ["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"]})).await;
     let mut c = spawn_controller(&kubeconfig, "c1", free_addr(), &[]);
     let first = create_many(&client, 0..300).await;
@@ -478,6 +478,26 @@ async fn a_restart_in_the_middle_of_a_burst_moves_nothing_and_finishes_the_work(
     }
     let by_ip = assert_no_duplicates(&client).await;
     assert_eq!(by_ip.len(), 600);
+    // Pool status follows promptly but is written in batches, not once per Service.
+    wait_counts(&client, "doc", false, (768, 600, 168)).await;
+    let status_writes =
+        server.shared().requests().iter().filter(|r| r.method == "PATCH" && r.path.ends_with("/ippools/doc/status")).count();
+    assert!(status_writes < 100, "{status_writes} pool status writes for 600 Services");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_label_changes_are_watched() {
+    let (_server, client, kubeconfig) = ferrolb_cluster().await;
+    pool(&client, "labelled", json!({"addresses": ["198.51.100.70/32"], "serviceAllocation": {"namespaceSelector": {"matchLabels": {"lb": "home"}}}})).await;
+    namespace(&client, "later", json!({})).await;
+    let _c = spawn_controller(&kubeconfig, "c1", free_addr(), &[]);
+    service(&client, "later", "w", json!({})).await;
+    wait_event(&client, "later", "w", "AllocationFailed", "serviceAllocation excludes").await;
+    Api::<Namespace>::all(client.clone())
+        .patch("later", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"lb": "home"}}})))
+        .await
+        .unwrap();
+    wait_ips(&client, "later", "w", &["198.51.100.70"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 pub mod pool_status;
 pub mod service;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use self::service::{Decision, Handling};
@@ -73,7 +73,15 @@ where
     F: Fn(&K) -> Trigger + Send + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff());
+    // What we never read is not kept: managed fields and kubectl's copy of the whole object.
+    let slim = watcher(api, watcher::Config::default()).default_backoff().modify(|o: &mut K| {
+        let meta = o.meta_mut();
+        meta.managed_fields = None;
+        if let Some(a) = meta.annotations.as_mut() {
+            a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
+    });
+    let stream = reflector::reflector(writer, slim);
     tasks.spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
@@ -110,12 +118,13 @@ struct Leader {
     waiting: BTreeSet<String>,
     inflight: BTreeSet<String>,
     redo: BTreeSet<String>,
+    queue: VecDeque<String>,
+    queued: HashSet<String>,
     attempts: HashMap<String, u32>,
     /// What we last wrote per Service, and the resourceVersion we wrote against.
     written: HashMap<String, (String, Vec<IpAddr>)>,
     pools_dirty: bool,
     recorder: Recorder,
-    permits: Arc<Semaphore>,
     done_tx: mpsc::UnboundedSender<Done>,
     retry_tx: mpsc::UnboundedSender<Trigger>,
     /// Every write, timer and status update of this term: dropped (aborted) with the term, so a
@@ -152,7 +161,6 @@ pub async fn run(ctx: Context, ready: impl FnOnce()) {
     let (done_tx, mut done) = mpsc::unbounded_channel();
     let recorder = Recorder::new(client.clone(), "ferrolb-controller", &ctx.field_manager);
     let mut leader = Leader {
-        permits: Arc::new(Semaphore::new(ctx.concurrency.max(1))),
         ctx,
         stores,
         alloc: Allocator::new(),
@@ -161,6 +169,8 @@ pub async fn run(ctx: Context, ready: impl FnOnce()) {
         waiting: BTreeSet::new(),
         inflight: BTreeSet::new(),
         redo: BTreeSet::new(),
+        queue: VecDeque::new(),
+        queued: HashSet::new(),
         attempts: HashMap::new(),
         written: HashMap::new(),
         pools_dirty: true,
@@ -170,6 +180,7 @@ pub async fn run(ctx: Context, ready: impl FnOnce()) {
         tasks: JoinSet::new(),
     };
     leader.rebuild();
+    leader.pump();
     ready();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
@@ -186,6 +197,7 @@ pub async fn run(ctx: Context, ready: impl FnOnce()) {
             _ = tick.tick() => leader.flush_pool_status(),
             else => break,
         }
+        leader.pump();
     }
 }
 
@@ -214,7 +226,7 @@ impl Leader {
             "rebuilt allocations from Service status"
         );
         for svc in &services {
-            self.reconcile(&request::key_of(svc));
+            self.enqueue(&request::key_of(svc));
         }
     }
 
@@ -239,12 +251,12 @@ impl Leader {
 
     fn handle(&mut self, t: Trigger) {
         match t {
-            Trigger::Service(key) => self.reconcile(&key),
+            Trigger::Service(key) => self.enqueue(&key),
             Trigger::Pool(name) => {
                 let mut affected = self.sync_pool(&name);
                 affected.extend(self.waiting.iter().cloned());
                 for key in affected {
-                    self.reconcile(&key);
+                    self.enqueue(&key);
                 }
             }
             Trigger::Namespace(ns) => {
@@ -257,9 +269,26 @@ impl Leader {
                     .map(|s| request::key_of(s))
                     .collect();
                 for key in keys {
-                    self.reconcile(&key);
+                    self.enqueue(&key);
                 }
             }
+        }
+    }
+
+    /// Marks a Service for reconciliation; repeated marks before it runs coalesce.
+    fn enqueue(&mut self, key: &str) {
+        if self.queued.insert(key.to_string()) {
+            self.queue.push_back(key.to_string());
+        }
+    }
+
+    /// Reconciles queued Services while there is room for their writes, so that a burst is held
+    /// as a queue of names rather than thousands of pending writes.
+    fn pump(&mut self) {
+        while self.inflight.len() < self.ctx.concurrency.max(1) {
+            let Some(key) = self.queue.pop_front() else { break };
+            self.queued.remove(&key);
+            self.reconcile(&key);
         }
     }
 
@@ -320,12 +349,10 @@ impl Leader {
             self.written.insert(key.to_string(), (rv.clone(), ips.clone()));
         }
         self.inflight.insert(key.to_string());
-        let (client, recorder, permits, done) =
-            (self.ctx.client.clone(), self.recorder.clone(), self.permits.clone(), self.done_tx.clone());
+        let (client, recorder, done) = (self.ctx.client.clone(), self.recorder.clone(), self.done_tx.clone());
         let key = key.to_string();
         let manager = self.ctx.field_manager.clone();
         self.tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await;
             let result = write(&client, &recorder, &manager, &svc, &rv, d).await;
             let _ = done.send(Done { key, result });
         });
@@ -334,7 +361,7 @@ impl Leader {
     fn retry_waiting(&mut self, except: &str) {
         let waiting: Vec<String> = self.waiting.iter().filter(|k| *k != except).cloned().collect();
         for key in waiting {
-            self.reconcile(&key);
+            self.enqueue(&key);
         }
     }
 
@@ -345,7 +372,7 @@ impl Leader {
             Ok(()) => {
                 self.attempts.remove(&d.key);
                 if self.redo.remove(&d.key) {
-                    self.reconcile(&d.key);
+                    self.enqueue(&d.key);
                 }
             }
             Err(e) => {
