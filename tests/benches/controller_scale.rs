@@ -58,7 +58,9 @@ async fn main() {
     let config = SimConfig { history_limit: 50_000, node_ports: 20000..=32767, ..SimConfig::default() };
     let server = SimApiServer::start(config).await.unwrap();
     let kc = Kubeconfig::from_yaml(&server.kubeconfig_yaml()).unwrap();
-    let client = kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap()).unwrap();
+    let client =
+        kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap())
+            .unwrap();
     Api::<CustomResourceDefinition>::all(client.clone()).create(&PostParams::default(), &IPPool::crd()).await.unwrap();
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "ferrolb-system"}})).unwrap();
     Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
@@ -93,7 +95,13 @@ async fn main() {
         tokio::spawn(async move {
             let mut stream = watcher(api, watcher::Config::default()).applied_objects().boxed();
             while let Ok(Some(svc)) = stream.try_next().await {
-                let ip = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|l| l.ingress.as_ref()).and_then(|i| i.first()).and_then(|i| i.ip.clone());
+                let ip = svc
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.load_balancer.as_ref())
+                    .and_then(|l| l.ingress.as_ref())
+                    .and_then(|i| i.first())
+                    .and_then(|i| i.ip.clone());
                 if let Some(ip) = ip {
                     seen.lock().unwrap().entry(svc.name_any()).or_insert((Instant::now(), ip));
                 }
@@ -129,7 +137,8 @@ async fn main() {
     let done = seen.values().map(|(t, _)| *t).max().unwrap();
     let all = done.duration_since(started);
     let created_at: BTreeMap<&str, Instant> = created.iter().map(|(n, t)| (n.as_str(), *t)).collect();
-    let mut latency: Vec<Duration> = seen.iter().map(|(n, (t, _))| t.saturating_duration_since(created_at[n.as_str()])).collect();
+    let mut latency: Vec<Duration> =
+        seen.iter().map(|(n, (t, _))| t.saturating_duration_since(created_at[n.as_str()])).collect();
     latency.sort();
     let distinct: HashSet<&String> = seen.values().map(|(_, ip)| ip).collect();
     assert_eq!(distinct.len(), SERVICES, "an address was handed out twice");

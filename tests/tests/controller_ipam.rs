@@ -480,8 +480,12 @@ async fn a_restart_in_the_middle_of_a_burst_moves_nothing_and_finishes_the_work(
     assert_eq!(by_ip.len(), 600);
     // Pool status follows promptly but is written in batches, not once per Service.
     wait_counts(&client, "doc", false, (768, 600, 168)).await;
-    let status_writes =
-        server.shared().requests().iter().filter(|r| r.method == "PATCH" && r.path.ends_with("/ippools/doc/status")).count();
+    let status_writes = server
+        .shared()
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with("/ippools/doc/status"))
+        .count();
     assert!(status_writes < 100, "{status_writes} pool status writes for 600 Services");
 }
 

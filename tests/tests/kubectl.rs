@@ -104,6 +104,11 @@ async fn kubectl_applies_the_crd_and_ippools_and_refuses_invalid_ones() {
     }
     let (_, out, _) = k.run(&["get", "ipp", "-o", "name"]).await;
     assert_eq!(out.trim(), "ippool.ferrolb.io/home", "refused pools are not stored");
+    let described = k.ok(&["describe", "ippool", "home"]).await;
+    assert!(described.contains("Addresses:") && described.contains("198.51.100.240-198.51.100.250"), "{described}");
+    k.ok(&["delete", "ippool", "home"]).await;
+    k.ok(&["wait", "--for=delete", "ippool/home", "--timeout=10s"]).await;
+    assert!(server.objects("ferrolb.io", "ippools").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
