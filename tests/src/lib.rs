@@ -1,4 +1,5 @@
-//! ferrolb's test support: the in-memory Kubernetes API server (`sim-apiserver`), and later the
+//! ferrolb's test support: the in-memory Kubernetes API server (`sim-apiserver`) and the
 //! network-namespace lab. Not part of the product.
 
 pub mod apiserver;
+pub mod lab;

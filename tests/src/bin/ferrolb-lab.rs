@@ -1,0 +1,87 @@
+//! `ferrolb-lab up|down`: a small cluster of network namespaces with sim-apiserver, on this host
+//! (root). `up` runs in the foreground until Ctrl-C/SIGTERM or `down`, and removes everything it
+//! made when it stops.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use ferrolb_tests::lab::{self, Lab};
+
+/// The ferrolb lab (not part of the product).
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Build the lab and serve it until stopped.
+    Up {
+        /// How many nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Write JSON describing the lab here.
+        #[arg(long)]
+        state_file: Option<PathBuf>,
+    },
+    /// Tear down the lab a state file describes.
+    Down {
+        /// The file `up --state-file` wrote.
+        #[arg(long)]
+        state_file: PathBuf,
+    },
+}
+
+async fn stopped() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferrolb-lab: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), lab::netns::LabError> {
+    match args.command {
+        Cmd::Up { nodes, state_file } => {
+            let lab = Lab::up(nodes).await?;
+            if let Some(path) = &state_file {
+                lab.write_state(path)?;
+            }
+            let t = &lab.topology;
+            println!("lab {} is up", t.prefix);
+            println!("kubeconfig: {}", lab.kubeconfig().display());
+            for n in &t.nodes {
+                println!("node {}: ip netns exec {} ... ({} / {}, {})", n.name, n.namespace, n.ipv4, n.ipv6, n.mac);
+            }
+            println!("client: ip netns exec {} ... ({} / {})", t.client.namespace, t.client.ipv4, t.client.ipv6);
+            println!("stop with Ctrl-C or `ferrolb-lab down --state-file FILE`");
+            stopped().await;
+            drop(lab);
+            if let Some(path) = &state_file {
+                let _ = std::fs::remove_file(path);
+            }
+            Ok(())
+        }
+        Cmd::Down { state_file } => lab::down(&state_file),
+    }
+}

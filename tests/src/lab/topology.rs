@@ -1,0 +1,197 @@
+//! The lab's network: a LAN bridge (in a namespace of its own), nodes on it, a pod namespace
+//! behind each node with its own subnet (routed between nodes), and a client on the LAN. Only
+//! documentation ranges are used: LAN 198.51.100.0/24 and 2001:db8:100::/64, pods 203.0.113.0/26
+//! per node and 2001:db8:1:N::/64.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use serde::{Deserialize, Serialize};
+
+use super::netns::{self, LabError};
+
+/// A host on the LAN (a node or the client).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Host {
+    /// Its name (the Node name for nodes).
+    pub name: String,
+    /// Its network namespace.
+    pub namespace: String,
+    /// Its LAN interface.
+    pub interface: String,
+    /// Its LAN IPv4 address.
+    pub ipv4: Ipv4Addr,
+    /// Its LAN IPv6 address.
+    pub ipv6: Ipv6Addr,
+    /// Its LAN MAC.
+    pub mac: String,
+}
+
+/// A pod namespace behind a node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Pod {
+    /// The node it runs on.
+    pub node: String,
+    /// Its network namespace.
+    pub namespace: String,
+    /// Its IPv4 address.
+    pub ipv4: Ipv4Addr,
+    /// Its IPv6 address.
+    pub ipv6: Ipv6Addr,
+}
+
+/// What the lab built.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Topology {
+    /// The prefix of every namespace it made.
+    pub prefix: String,
+    /// The namespace holding the LAN bridge.
+    pub lan_namespace: String,
+    /// The nodes.
+    pub nodes: Vec<Host>,
+    /// The client.
+    pub client: Host,
+    /// One pod per node.
+    pub pods: Vec<Pod>,
+}
+
+impl Topology {
+    /// Every namespace, the LAN last (deleting it last keeps the others' links until they go).
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.pods.iter().map(|p| p.namespace.clone()).collect();
+        out.extend(self.nodes.iter().map(|n| n.namespace.clone()));
+        out.push(self.client.namespace.clone());
+        out.push(self.lan_namespace.clone());
+        out
+    }
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// A prefix unique to this process and call, so parallel labs never collide.
+pub fn fresh_prefix() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    format!("flb{}x{n}", std::process::id())
+}
+
+/// Deletes namespaces left behind by labs whose process is gone (a killed test run).
+pub fn remove_stale() {
+    let Ok(all) = netns::list() else { return };
+    for ns in all {
+        let Some(rest) = ns.strip_prefix("flb") else { continue };
+        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            netns::delete(&ns);
+        }
+    }
+}
+
+/// Builds the network for `nodes` nodes; on any error, what was built is removed again.
+pub fn build(prefix: &str, nodes: usize) -> Result<Topology, LabError> {
+    netns::check_prerequisites()?;
+    remove_stale();
+    let mut made: Vec<String> = Vec::new();
+    let result = build_inner(prefix, nodes, &mut made);
+    if result.is_err() {
+        for ns in made.iter().rev() {
+            netns::delete(ns);
+        }
+    }
+    result
+}
+
+fn add(ns: &str, made: &mut Vec<String>) -> Result<(), LabError> {
+    netns::add(ns)?;
+    made.push(ns.to_string());
+    // Addresses are usable at once: no duplicate address detection delay.
+    for key in ["net.ipv6.conf.all.accept_dad", "net.ipv6.conf.default.accept_dad"] {
+        netns::sysctl(ns, key, "0")?;
+    }
+    Ok(())
+}
+
+fn build_inner(prefix: &str, count: usize, made: &mut Vec<String>) -> Result<Topology, LabError> {
+    let lan = format!("{prefix}-lan");
+    add(&lan, made)?;
+    netns::ip_in(&lan, &["link", "add", "br0", "type", "bridge"])?;
+    netns::ip_in(&lan, &["link", "set", "br0", "up"])?;
+    let mut hosts = Vec::new();
+    let mut pods = Vec::new();
+    let attach = |ns: &str, port: &str| -> Result<(), LabError> {
+        netns::veth(ns, "eth0", &lan, port)?;
+        netns::ip_in(&lan, &["link", "set", port, "master", "br0"]).map(|_| ())
+    };
+    for i in 1..=count {
+        let name = format!("node-{i}");
+        let ns = format!("{prefix}-{name}");
+        add(&ns, made)?;
+        attach(&ns, &format!("n{i}"))?;
+        let (v4, v6) = (
+            Ipv4Addr::new(198, 51, 100, 10 + i as u8),
+            format!("2001:db8:100::{}", 10 + i).parse::<Ipv6Addr>().expect("static"),
+        );
+        netns::ip_in(&ns, &["addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
+        netns::ip_in(&ns, &["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])?;
+        netns::sysctl(&ns, "net.ipv4.ip_forward", "1")?;
+        netns::sysctl(&ns, "net.ipv6.conf.all.forwarding", "1")?;
+        // The pod behind the node: 203.0.113.(64(i-1))/26 and 2001:db8:1:i::/64.
+        let pod_ns = format!("{ns}-pod");
+        add(&pod_ns, made)?;
+        netns::veth(&ns, "pod0", &pod_ns, "eth0")?;
+        let base = 64 * (i as u8 - 1);
+        let (gw4, pod4) = (Ipv4Addr::new(203, 0, 113, base + 1), Ipv4Addr::new(203, 0, 113, base + 2));
+        let (gw6, pod6): (Ipv6Addr, Ipv6Addr) = (
+            format!("2001:db8:1:{i}::1").parse().expect("static"),
+            format!("2001:db8:1:{i}::2").parse().expect("static"),
+        );
+        netns::ip_in(&ns, &["addr", "add", &format!("{gw4}/26"), "dev", "pod0"])?;
+        netns::ip_in(&ns, &["addr", "add", &format!("{gw6}/64"), "dev", "pod0", "nodad"])?;
+        netns::ip_in(&pod_ns, &["addr", "add", &format!("{pod4}/26"), "dev", "eth0"])?;
+        netns::ip_in(&pod_ns, &["addr", "add", &format!("{pod6}/64"), "dev", "eth0", "nodad"])?;
+        netns::ip_in(&pod_ns, &["route", "add", "default", "via", &gw4.to_string()])?;
+        netns::ip_in(&pod_ns, &["-6", "route", "add", "default", "via", &gw6.to_string()])?;
+        let mac = mac_text(netns::mac(&ns, "eth0")?);
+        hosts.push(Host { name, namespace: ns, interface: "eth0".into(), ipv4: v4, ipv6: v6, mac });
+        pods.push(Pod { node: format!("node-{i}"), namespace: pod_ns, ipv4: pod4, ipv6: pod6 });
+    }
+    // Pod subnets are routed between nodes, as a CNI would.
+    for (i, h) in hosts.iter().enumerate() {
+        for (j, other) in hosts.iter().enumerate().filter(|(j, _)| *j != i) {
+            let base = 64 * j as u8;
+            netns::ip_in(
+                &h.namespace,
+                &["route", "add", &format!("203.0.113.{base}/26"), "via", &other.ipv4.to_string()],
+            )?;
+            netns::ip_in(
+                &h.namespace,
+                &["-6", "route", "add", &format!("2001:db8:1:{}::/64", j + 1), "via", &other.ipv6.to_string()],
+            )?;
+        }
+    }
+    let client_ns = format!("{prefix}-client");
+    add(&client_ns, made)?;
+    attach(&client_ns, "cl")?;
+    let (c4, c6): (Ipv4Addr, Ipv6Addr) =
+        (Ipv4Addr::new(198, 51, 100, 100), "2001:db8:100::100".parse().expect("static"));
+    netns::ip_in(&client_ns, &["addr", "add", &format!("{c4}/24"), "dev", "eth0"])?;
+    netns::ip_in(&client_ns, &["addr", "add", &format!("{c6}/64"), "dev", "eth0", "nodad"])?;
+    let client = Host {
+        name: "client".into(),
+        namespace: client_ns.clone(),
+        interface: "eth0".into(),
+        ipv4: c4,
+        ipv6: c6,
+        mac: mac_text(netns::mac(&client_ns, "eth0")?),
+    };
+    Ok(Topology { prefix: prefix.to_string(), lan_namespace: lan, nodes: hosts, client, pods })
+}
+
+/// Removes every namespace of the lab (and so every interface and route in them).
+pub fn teardown(t: &Topology) {
+    for ns in t.namespaces() {
+        netns::delete(&ns);
+    }
+}
