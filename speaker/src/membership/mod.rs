@@ -1,0 +1,4 @@
+//! Membership: which speakers are alive. Pure parts: heartbeat messages; liveness bookkeeping.
+
+pub mod heartbeat;
+pub mod liveness;
