@@ -4,8 +4,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use clap::Parser;
 use ferrolb_crds::runtime as telemetry;
+use ferrolb_speaker::agent;
+use ferrolb_speaker::membership::liveness::Timings;
 
 /// How VIP traffic reaches the Service's endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -44,6 +48,15 @@ struct Args {
     /// Where /healthz and /readyz are served.
     #[arg(long, default_value = "0.0.0.0:7475")]
     health_addr: SocketAddr,
+    /// How often heartbeats are sent (milliseconds).
+    #[arg(long, default_value_t = 100)]
+    heartbeat_interval_ms: u64,
+    /// A peer silent for this long is dead (milliseconds).
+    #[arg(long, default_value_t = 500)]
+    peer_timeout_ms: u64,
+    /// How long the speaker's Lease lasts without renewal (seconds).
+    #[arg(long, default_value_t = 10)]
+    lease_seconds: u64,
     /// Log format.
     #[arg(long, value_enum, default_value_t = telemetry::LogFormat::Text)]
     log_format: telemetry::LogFormat,
@@ -65,13 +78,33 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<(), telemetry::Error> {
-    if let Some(path) = &args.peer_secret_file {
-        let secret = std::fs::read(path)?;
-        if secret.iter().all(u8::is_ascii_whitespace) {
-            return Err(telemetry::Error::Kubeconfig(format!("--peer-secret-file {} is empty", path.display())));
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+async fn run(args: Args) -> Result<(), telemetry::Error> {
+    let secret = match &args.peer_secret_file {
+        Some(path) => {
+            let secret = std::fs::read(path)?;
+            let trimmed = secret.trim_ascii().to_vec();
+            if trimmed.is_empty() {
+                return Err(telemetry::Error::Kubeconfig(format!("--peer-secret-file {} is empty", path.display())));
+            }
+            Some(trimmed)
+        }
+        None => None,
+    };
     let client = telemetry::connect(args.kubeconfig.as_deref()).await?;
     let version = client.apiserver_version().await?;
     tracing::info!(
@@ -79,12 +112,26 @@ async fn run(args: Args) -> Result<(), telemetry::Error> {
         node = %args.node_name,
         namespace = %args.namespace,
         peer_port = args.peer_port,
+        authenticated = secret.is_some(),
         forwarding = ?args.forwarding,
         "connected to the API server"
     );
-    let telemetry = telemetry::Telemetry::new(|_| {});
-    telemetry.set_ready(true);
+    let metrics = agent::Metrics::default();
+    let telemetry = telemetry::Telemetry::new(|r| metrics.register(r));
     telemetry.serve(args.metrics_addr, args.health_addr).await?;
-    tokio::signal::ctrl_c().await?;
+    telemetry.set_ready(true);
+    let cfg = agent::Config {
+        node: args.node_name,
+        namespace: args.namespace,
+        peer_port: args.peer_port,
+        secret,
+        timings: Timings {
+            interval: Duration::from_millis(args.heartbeat_interval_ms.max(10)),
+            timeout: Duration::from_millis(args.peer_timeout_ms.max(20)),
+            ..Timings::default()
+        },
+        lease_duration: Duration::from_secs(args.lease_seconds.max(3)),
+    };
+    agent::run(client, cfg, metrics, shutdown_signal()).await?;
     Ok(())
 }

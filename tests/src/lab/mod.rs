@@ -2,6 +2,8 @@
 //! with sim-apiserver reachable from every node. Tests and `ferrolb-lab` share this code.
 
 pub mod netns;
+pub mod probe;
+pub mod processes;
 pub mod topology;
 pub mod tunnel;
 

@@ -1,0 +1,381 @@
+//! The speaker's work loop: keep the Lease, exchange heartbeats, decide from the watched objects
+//! which addresses this node announces, and drive the responders; on shutdown, hand over.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferrolb_crds::IPPool;
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::UdpSocket;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
+
+use crate::cluster::desired::{self, Cluster};
+use crate::cluster::views;
+use crate::l2::interfaces::{self, Interface};
+use crate::l2::responder::{Responder, Seen};
+use crate::membership::heartbeat::Heartbeat;
+use crate::membership::liveness::{Liveness, Timings};
+use crate::membership::{lease, udp};
+
+/// How the speaker runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node.
+    pub node: String,
+    /// Namespace of the speakers' Leases.
+    pub namespace: String,
+    /// UDP port for heartbeats.
+    pub peer_port: u16,
+    /// HMAC key for heartbeats.
+    pub secret: Option<Vec<u8>>,
+    /// Heartbeat timings.
+    pub timings: Timings,
+    /// How long a speaker Lease lasts without renewal.
+    pub lease_duration: Duration,
+}
+
+/// The speaker's metrics.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    /// Addresses this node announces.
+    pub announced: Gauge,
+    /// Live peers (this node included).
+    pub peers: Gauge,
+    /// Requests for our addresses received.
+    pub requests: Gauge,
+    /// Replies sent.
+    pub replies: Gauge,
+    /// Gratuitous frames sent.
+    pub gratuitous: Gauge,
+    /// Changes of what this node announces.
+    pub election_changes: Counter,
+    /// Other hosts answering for our addresses.
+    pub conflicts: Counter,
+    /// Heartbeats refused (forged, replayed, stale, malformed).
+    pub refused: Gauge,
+}
+
+impl Metrics {
+    /// Registers every metric under `ferrolb_speaker_`.
+    pub fn register(&self, r: &mut Registry) {
+        r.register("ferrolb_speaker_announced_addresses", "Addresses this node announces", self.announced.clone());
+        r.register("ferrolb_speaker_live_peers", "Live speakers, this one included", self.peers.clone());
+        r.register("ferrolb_speaker_requests", "ARP/NDP requests for our addresses received", self.requests.clone());
+        r.register("ferrolb_speaker_replies", "ARP/NDP replies sent", self.replies.clone());
+        r.register(
+            "ferrolb_speaker_gratuitous",
+            "Gratuitous ARP / unsolicited NA frames sent",
+            self.gratuitous.clone(),
+        );
+        r.register(
+            "ferrolb_speaker_election_changes",
+            "Changes of what this node announces",
+            self.election_changes.clone(),
+        );
+        r.register(
+            "ferrolb_speaker_conflicts",
+            "Other hosts answering for addresses this node owns",
+            self.conflicts.clone(),
+        );
+        r.register(
+            "ferrolb_speaker_heartbeats_refused",
+            "Heartbeats refused (forged, replayed, stale)",
+            self.refused.clone(),
+        );
+    }
+}
+
+fn spawn_store<K>(tasks: &mut JoinSet<()>, api: Api<K>, changed: Arc<Notify>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff());
+    tasks.spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            if let Err(e) = ev {
+                tracing::warn!(error = %e, "watch failed; retrying");
+            }
+            changed.notify_one();
+        }
+    });
+    reader
+}
+
+/// When repeats of a takeover's announcement go out, after the first.
+const REPEATS: [Duration; 4] =
+    [Duration::from_millis(250), Duration::from_millis(750), Duration::from_millis(1500), Duration::from_secs(3)];
+
+/// Runs until `shutdown` completes, then hands over and returns.
+pub async fn run(
+    client: Client,
+    cfg: Config,
+    metrics: Metrics,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), kube::Error> {
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    // Our heartbeat address is the Node's InternalIP (what other nodes can reach).
+    let my_ip: IpAddr = loop {
+        let ip = nodes_api.get_opt(&cfg.node).await?.and_then(|n| {
+            n.status?.addresses?.into_iter().find(|a| a.type_ == "InternalIP").and_then(|a| a.address.parse().ok())
+        });
+        if let Some(ip) = ip {
+            break ip;
+        }
+        tracing::warn!(node = %cfg.node, "the Node has no InternalIP yet; waiting");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let peer_addr = SocketAddr::new(my_ip, cfg.peer_port);
+    let changed = Arc::new(Notify::new());
+    let mut tasks = JoinSet::new();
+    let services = spawn_store(&mut tasks, Api::<Service>::all(client.clone()), changed.clone());
+    let slices = spawn_store(&mut tasks, Api::<EndpointSlice>::all(client.clone()), changed.clone());
+    let nodes = spawn_store(&mut tasks, nodes_api, changed.clone());
+    let pools = spawn_store(&mut tasks, Api::<IPPool>::all(client.clone()), changed.clone());
+    let leases_api: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
+    let leases = spawn_store(&mut tasks, leases_api.clone(), changed.clone());
+    for ready in [services.wait_until_ready().await, slices.wait_until_ready().await, nodes.wait_until_ready().await] {
+        ready.map_err(|e| kube::Error::Service(Box::new(e)))?;
+    }
+    let _ = pools.wait_until_ready().await;
+    let _ = leases.wait_until_ready().await;
+    lease::renew(&leases_api, &cfg.node, peer_addr, cfg.lease_duration).await?;
+
+    let socket = Arc::new(
+        UdpSocket::bind(SocketAddr::new(
+            if my_ip.is_ipv4() { [0, 0, 0, 0].into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() },
+            cfg.peer_port,
+        ))
+        .await
+        .map_err(|e| kube::Error::Service(Box::new(e)))?,
+    );
+    let liveness = Arc::new(Mutex::new(Liveness::default()));
+    let refused = Arc::new(udp::Refused::default());
+    tasks.spawn(udp::receive(
+        socket.clone(),
+        cfg.node.clone(),
+        cfg.secret.clone(),
+        liveness.clone(),
+        refused.clone(),
+        changed.clone(),
+    ));
+    {
+        let (api, node, every) = (leases_api.clone(), cfg.node.clone(), cfg.lease_duration / 3);
+        tasks.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = lease::renew(&api, &node, peer_addr, every * 3).await {
+                    tracing::warn!(error = %e, "could not renew the speaker Lease");
+                }
+            }
+        });
+    }
+
+    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
+    let mut state = State {
+        cfg: cfg.clone(),
+        metrics,
+        responders: BTreeMap::new(),
+        mine: BTreeMap::new(),
+        repeats: Vec::new(),
+        seen_tx,
+        incarnation: udp::now_ms(),
+        sequence: 0,
+        interfaces_checked: None,
+        interfaces: Vec::new(),
+    };
+    let mut tick = tokio::time::interval(cfg.timings.interval);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => state.heartbeat(&socket, &leases, false).await,
+            _ = changed.notified() => {}
+            Some(seen) = seen_rx.recv() => state.seen(seen),
+            _ = &mut shutdown => break,
+        }
+        state.metrics.refused.set(
+            [&refused.malformed, &refused.bad_signature, &refused.replayed, &refused.stale]
+                .iter()
+                .map(|c| c.load(std::sync::atomic::Ordering::Relaxed) as i64)
+                .sum(),
+        );
+        let alive = {
+            let mut l = liveness.lock().unwrap_or_else(|e| e.into_inner());
+            l.set_registered(
+                lease::peers(leases.state().iter().map(|l| &**l), jiff::Timestamp::now()).into_keys(),
+                Instant::now(),
+            );
+            l.alive(&cfg.node, false, &cfg.timings, Instant::now())
+        };
+        state.metrics.peers.set(alive.len() as i64);
+        let cluster = snapshot(&services, &slices, &nodes, &pools);
+        state.apply(&desired::decide(&cluster, &alive));
+    }
+
+    // Hand over: tell the peers we are leaving, keep answering until another node has announced
+    // every address we hold (we see its gratuitous frames), then stop.
+    tracing::info!(addresses = state.mine.len(), "leaving: handing addresses over");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut pending: BTreeSet<IpAddr> = state.mine.keys().copied().collect();
+    for _ in 0..3 {
+        state.heartbeat(&socket, &leases, true).await;
+    }
+    let _ = lease::unregister(&leases_api, &cfg.node).await;
+    while !pending.is_empty() {
+        tokio::select! {
+            Some(Seen::Conflict { ip, .. }) = seen_rx.recv() => { pending.remove(&ip); }
+            _ = tokio::time::sleep(cfg.timings.interval) => state.heartbeat(&socket, &leases, true).await,
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    if !pending.is_empty() {
+        tracing::warn!(addresses = ?pending, "no other node took these over before the deadline");
+    }
+    drop(state);
+    tasks.shutdown().await;
+    Ok(())
+}
+
+fn snapshot(
+    services: &Store<Service>,
+    slices: &Store<EndpointSlice>,
+    nodes: &Store<Node>,
+    pools: &Store<IPPool>,
+) -> Cluster {
+    let mut ready_nodes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for s in slices.state() {
+        if let Some((key, n)) = views::ready_nodes(&s) {
+            ready_nodes.entry(key).or_default().extend(n);
+        }
+    }
+    Cluster {
+        services: services.state().iter().filter_map(|s| views::service(s)).collect(),
+        nodes: nodes.state().iter().map(|n| views::node(n)).map(|n| (n.name.clone(), n)).collect(),
+        pools: pools.state().iter().map(|p| (p.metadata.name.clone().unwrap_or_default(), views::pool(p))).collect(),
+        ready_nodes,
+    }
+}
+
+struct State {
+    cfg: Config,
+    metrics: Metrics,
+    responders: BTreeMap<String, Responder>,
+    /// The addresses this node announces, with the interface patterns of their pools.
+    mine: BTreeMap<IpAddr, Vec<String>>,
+    repeats: Vec<(Instant, String, IpAddr)>,
+    seen_tx: mpsc::UnboundedSender<Seen>,
+    incarnation: u64,
+    sequence: u64,
+    interfaces_checked: Option<Instant>,
+    interfaces: Vec<Interface>,
+}
+
+impl State {
+    async fn heartbeat(&mut self, socket: &UdpSocket, leases: &Store<Lease>, leaving: bool) {
+        self.sequence += 1;
+        let hb = Heartbeat {
+            node: self.cfg.node.clone(),
+            incarnation: self.incarnation,
+            sequence: self.sequence,
+            sent_at_ms: udp::now_ms(),
+            leaving,
+        };
+        let peers = lease::peers(leases.state().iter().map(|l| &**l), jiff::Timestamp::now());
+        udp::send_all(socket, &hb, self.cfg.secret.as_deref(), &peers).await;
+        self.send_due_repeats();
+    }
+
+    fn seen(&mut self, seen: Seen) {
+        let Seen::Conflict { ip, mac, interface } = seen;
+        if self.mine.contains_key(&ip) {
+            self.metrics.conflicts.inc();
+            let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+            tracing::warn!(%ip, %mac, %interface, "another host answers for an address this node announces");
+        }
+    }
+
+    fn send_due_repeats(&mut self) {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = self.repeats.drain(..).partition(|(t, _, _)| *t <= now);
+        self.repeats = later;
+        for (_, iface, ip) in due {
+            if self.mine.contains_key(&ip)
+                && let Some(r) = self.responders.get(&iface)
+            {
+                r.announce(ip);
+            }
+        }
+    }
+
+    fn apply(&mut self, decisions: &BTreeMap<IpAddr, desired::Decision>) {
+        let mine: BTreeMap<IpAddr, Vec<String>> = decisions
+            .iter()
+            .filter(|(_, d)| d.winner.as_deref() == Some(self.cfg.node.as_str()))
+            .map(|(ip, d)| (*ip, d.interfaces.clone()))
+            .collect();
+        if mine.keys().ne(self.mine.keys()) {
+            self.metrics.election_changes.inc();
+            tracing::info!(addresses = ?mine.keys().collect::<Vec<_>>(), "announcing");
+        }
+        self.mine = mine;
+        self.metrics.announced.set(self.mine.len() as i64);
+        if self.interfaces_checked.is_none_or(|t| t.elapsed() > Duration::from_secs(2)) {
+            self.interfaces = interfaces::suitable();
+            self.interfaces_checked = Some(Instant::now());
+        }
+        let names: BTreeSet<&str> = self.interfaces.iter().map(|i| i.name.as_str()).collect();
+        self.responders.retain(|n, _| names.contains(n.as_str()));
+        let (mut requests, mut replies, mut gratuitous) = (0, 0, 0);
+        for iface in &self.interfaces {
+            let owned: BTreeSet<IpAddr> = self
+                .mine
+                .iter()
+                .filter(|(_, patterns)| {
+                    patterns.is_empty() || patterns.iter().any(|p| desired::interface_matches(p, &iface.name))
+                })
+                .map(|(ip, _)| *ip)
+                .collect();
+            if !self.responders.contains_key(&iface.name) {
+                if owned.is_empty() {
+                    continue;
+                }
+                match Responder::start(iface.clone(), self.seen_tx.clone()) {
+                    Ok(r) => {
+                        self.responders.insert(iface.name.clone(), r);
+                    }
+                    Err(e) => {
+                        tracing::warn!(interface = %iface.name, error = %e, "cannot open the interface");
+                        continue;
+                    }
+                }
+            }
+            let Some(r) = self.responders.get_mut(&iface.name) else { continue };
+            for ip in r.set_owned(&owned) {
+                r.announce(ip);
+                let now = Instant::now();
+                self.repeats.extend(REPEATS.iter().map(|d| (now + *d, iface.name.clone(), ip)));
+            }
+            let c = &r.counters;
+            requests += c.requests.load(std::sync::atomic::Ordering::Relaxed);
+            replies += c.replies.load(std::sync::atomic::Ordering::Relaxed);
+            gratuitous += c.gratuitous.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        self.metrics.requests.set(requests as i64);
+        self.metrics.replies.set(replies as i64);
+        self.metrics.gratuitous.set(gratuitous as i64);
+    }
+}

@@ -1,0 +1,177 @@
+//! Answers ARP requests and NDP solicitations for the addresses this node announces, on one
+//! interface, from a blocking thread with a raw (AF_PACKET) channel; sends gratuitous frames when
+//! asked; reports other hosts claiming our addresses.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use pnet::datalink::{self, Channel};
+use tokio::sync::mpsc;
+
+use super::interfaces::Interface;
+use super::{Mac, arp, ndp};
+
+/// Something the responder saw that the speaker should know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// Another MAC claimed one of our addresses.
+    Conflict {
+        /// The address.
+        ip: IpAddr,
+        /// Who claimed it.
+        mac: Mac,
+        /// On which interface.
+        interface: String,
+    },
+}
+
+/// Counters of one responder.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Requests/solicitations for our addresses.
+    pub requests: AtomicU64,
+    /// Replies/advertisements sent.
+    pub replies: AtomicU64,
+    /// Gratuitous frames sent.
+    pub gratuitous: AtomicU64,
+}
+
+/// A running responder on one interface.
+pub struct Responder {
+    /// The interface.
+    pub interface: Interface,
+    owned: Arc<RwLock<BTreeSet<IpAddr>>>,
+    out: std::sync::mpsc::Sender<Vec<u8>>,
+    stop: Arc<AtomicBool>,
+    /// Its counters.
+    pub counters: Arc<Counters>,
+    groups: std::net::UdpSocket,
+    joined: BTreeSet<Ipv6Addr>,
+}
+
+impl Responder {
+    /// Opens the interface and starts answering for whatever [`Responder::set_owned`] says.
+    pub fn start(interface: Interface, seen: mpsc::UnboundedSender<Seen>) -> std::io::Result<Self> {
+        let config = datalink::Config {
+            read_timeout: Some(Duration::from_millis(100)),
+            promiscuous: false,
+            ..Default::default()
+        };
+        let iface = datalink::interfaces()
+            .into_iter()
+            .find(|i| i.index == interface.index)
+            .ok_or_else(|| std::io::Error::other(format!("interface {} is gone", interface.name)))?;
+        let (mut tx, mut rx) = match datalink::channel(&iface, config)? {
+            Channel::Ethernet(tx, rx) => (tx, rx),
+            _ => return Err(std::io::Error::other("not an Ethernet channel")),
+        };
+        let owned: Arc<RwLock<BTreeSet<IpAddr>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(Counters::default());
+        let (out, out_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let mac = interface.mac;
+        let name = interface.name.clone();
+        {
+            let (owned, stop, counters, out) = (owned.clone(), stop.clone(), counters.clone(), out.clone());
+            std::thread::Builder::new().name(format!("l2-rx-{name}")).spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(frame) = rx.next() else { continue };
+                    let ours = |ip: IpAddr| owned.read().map(|o| o.contains(&ip)).unwrap_or(false);
+                    let reply =
+                        arp::answer(frame, mac, |a| ours(IpAddr::V4(a))).map(|(ip, f)| (IpAddr::V4(ip), f)).or_else(
+                            || ndp::answer(frame, mac, |a| ours(IpAddr::V6(a))).map(|(ip, f)| (IpAddr::V6(ip), f)),
+                        );
+                    if let Some((_, f)) = reply {
+                        counters.requests.fetch_add(1, Ordering::Relaxed);
+                        if out.send(f).is_ok() {
+                            counters.replies.fetch_add(1, Ordering::Relaxed);
+                        }
+                        continue;
+                    }
+                    let claim =
+                        arp::parse(frame).and_then(|a| a.claim()).map(|(ip, m)| (IpAddr::V4(ip), m)).or_else(|| {
+                            match ndp::parse(frame) {
+                                Some(ndp::Ndp::Advert { eth_src, target, target_ll }) => {
+                                    Some((IpAddr::V6(target), target_ll.unwrap_or(eth_src)))
+                                }
+                                _ => None,
+                            }
+                        });
+                    if let Some((ip, m)) = claim
+                        && m != mac
+                        && ours(ip)
+                    {
+                        let _ = seen.send(Seen::Conflict { ip, mac: m, interface: name.clone() });
+                    }
+                }
+            })?;
+        }
+        {
+            let stop = stop.clone();
+            std::thread::Builder::new().name(format!("l2-tx-{}", interface.name)).spawn(move || {
+                while let Ok(frame) = out_rx.recv() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let _ = tx.send_to(&frame, None);
+                }
+            })?;
+        }
+        let groups = std::net::UdpSocket::bind("[::]:0").or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))?;
+        Ok(Self { interface, owned, out, stop, counters, groups, joined: BTreeSet::new() })
+    }
+
+    /// Sets the addresses to answer for (joining their solicited-node groups); returns those new
+    /// since the last call.
+    pub fn set_owned(&mut self, now: &BTreeSet<IpAddr>) -> Vec<IpAddr> {
+        let new: Vec<IpAddr> = {
+            let mut o = self.owned.write().unwrap_or_else(|e| e.into_inner());
+            let new = now.difference(&o).copied().collect();
+            *o = now.clone();
+            new
+        };
+        let wanted: BTreeSet<Ipv6Addr> = now
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V6(v6) => Some(ndp::solicited_node(*v6)),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
+        for g in wanted.difference(&self.joined.clone()) {
+            if self.groups.join_multicast_v6(g, self.interface.index).is_ok() {
+                self.joined.insert(*g);
+            }
+        }
+        for g in self.joined.clone().difference(&wanted) {
+            let _ = self.groups.leave_multicast_v6(g, self.interface.index);
+            self.joined.remove(g);
+        }
+        new
+    }
+
+    /// Sends gratuitous ARP (request and reply) or an unsolicited NA for `ip`.
+    pub fn announce(&self, ip: IpAddr) {
+        let frames = match ip {
+            IpAddr::V4(v4) => {
+                vec![arp::gratuitous_request(self.interface.mac, v4), arp::gratuitous_reply(self.interface.mac, v4)]
+            }
+            IpAddr::V6(v6) => vec![ndp::unsolicited(self.interface.mac, v6)],
+        };
+        for f in frames {
+            if self.out.send(f).is_ok() {
+                self.counters.gratuitous.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the sender so it sees the stop flag.
+        let _ = self.out.send(Vec::new());
+    }
+}

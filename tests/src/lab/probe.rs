@@ -1,0 +1,113 @@
+//! What a host on the LAN sees: ARP and NDP answers, asked for from the client's namespace with
+//! raw frames, as `arping` and `ndisc6` would.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+// The speaker's own frame code builds the questions, so the lab asks exactly as hosts do.
+use ferrolb_speaker::l2::{arp, ndp};
+use pnet::datalink::{self, Channel};
+
+use super::netns::{self, LabError};
+
+fn parse_mac(text: &str) -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    for (i, part) in text.split(':').enumerate().take(6) {
+        mac[i] = u8::from_str_radix(part, 16).unwrap_or(0);
+    }
+    mac
+}
+
+/// Sends `request` on `iface` inside `ns` and collects, for `window`, the MACs that `pick`
+/// finds in the frames that come back.
+fn ask(
+    ns: &str,
+    iface: &str,
+    request: Vec<u8>,
+    window: Duration,
+    pick: impl Fn(&[u8]) -> Option<[u8; 6]> + Send,
+) -> Result<BTreeSet<[u8; 6]>, LabError> {
+    netns::in_ns(ns, move || -> Result<BTreeSet<[u8; 6]>, LabError> {
+        let nic = datalink::interfaces()
+            .into_iter()
+            .find(|i| i.name == iface)
+            .ok_or_else(|| LabError::Io(std::io::Error::other("no such interface")))?;
+        let config = datalink::Config { read_timeout: Some(Duration::from_millis(20)), ..Default::default() };
+        let (mut tx, mut rx) = match datalink::channel(&nic, config)? {
+            Channel::Ethernet(tx, rx) => (tx, rx),
+            _ => return Err(LabError::Io(std::io::Error::other("not Ethernet"))),
+        };
+        tx.send_to(&request, None);
+        let deadline = Instant::now() + window;
+        let mut macs = BTreeSet::new();
+        while Instant::now() < deadline {
+            if let Ok(frame) = rx.next()
+                && let Some(mac) = pick(frame)
+            {
+                macs.insert(mac);
+            }
+        }
+        Ok(macs)
+    })?
+}
+
+/// The MACs that answer an ARP request for `target` from the client.
+pub fn arp_who_has(
+    ns: &str,
+    iface: &str,
+    client_mac: &str,
+    client_ip: Ipv4Addr,
+    target: Ipv4Addr,
+) -> Result<BTreeSet<[u8; 6]>, LabError> {
+    let me = parse_mac(client_mac);
+    // An ARP request is a gratuitous request's shape with our own sender address.
+    let mut request = arp::gratuitous_request(me, target);
+    request[28..32].copy_from_slice(&client_ip.octets());
+    ask(ns, iface, request, Duration::from_millis(400), move |f| match arp::parse(f)? {
+        arp::Arp::Reply { sender_mac, sender_ip, target_ip, .. } if sender_ip == target && target_ip == client_ip => {
+            Some(sender_mac)
+        }
+        _ => None,
+    })
+}
+
+/// The MACs that answer a Neighbor Solicitation for `target` from the client.
+pub fn ndp_who_has(
+    ns: &str,
+    iface: &str,
+    client_mac: &str,
+    client_ip: Ipv6Addr,
+    target: Ipv6Addr,
+) -> Result<BTreeSet<[u8; 6]>, LabError> {
+    let me = parse_mac(client_mac);
+    let request = ndp::solicit(me, client_ip, target, true, None);
+    ask(ns, iface, request, Duration::from_millis(400), move |f| match ndp::parse(f)? {
+        ndp::Ndp::Advert { target: t, target_ll, eth_src } if t == target => Some(target_ll.unwrap_or(eth_src)),
+        _ => None,
+    })
+}
+
+/// The client kernel's neighbour entry for `ip` (its MAC), if any.
+pub fn neighbour(ns: &str, ip: &str) -> Option<String> {
+    let out = netns::ip_in(ns, &["neigh", "show", ip]).ok()?;
+    let mut words = out.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "lladdr" {
+            return words.next().map(String::from);
+        }
+    }
+    None
+}
+
+/// Makes the client's kernel resolve `ip` (a short TCP connection attempt to it).
+pub fn resolve(ns: &str, ip: std::net::IpAddr) {
+    let _ = netns::in_ns(ns, || {
+        std::net::TcpStream::connect_timeout(&std::net::SocketAddr::new(ip, 9), Duration::from_millis(300))
+    });
+}
+
+/// Formats a MAC as `ip` prints it.
+pub fn mac_text(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}

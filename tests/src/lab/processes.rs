@@ -1,0 +1,133 @@
+//! The cluster inside the lab: Node objects matching the namespaces (what kubelets would write),
+//! the controller on the host, and one speaker per node inside its namespace.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use ferrolb_crds::IPPool;
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+use super::Lab;
+use super::netns::LabError;
+
+/// A binary built next to the running one (`cargo build --workspace` builds them all).
+pub fn binary(name: &str) -> Result<PathBuf, LabError> {
+    let exe = std::env::current_exe()?;
+    let mut dirs = vec![];
+    if let Some(d) = exe.parent() {
+        dirs.push(d.to_path_buf());
+        if let Some(p) = d.parent() {
+            dirs.push(p.to_path_buf());
+        }
+    }
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file()).ok_or_else(|| {
+        LabError::Io(std::io::Error::other(format!("{name} is not built: run `cargo build --workspace`")))
+    })
+}
+
+/// A process the lab started; killed when dropped.
+pub struct Proc {
+    /// The child.
+    pub child: Child,
+}
+
+impl Proc {
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and wait for the exit.
+    pub fn terminate(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        self.child.wait()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn kube_err(e: kube::Error) -> LabError {
+    LabError::Io(std::io::Error::other(e.to_string()))
+}
+
+impl Lab {
+    /// A kube client for the host side.
+    pub async fn client(&self) -> Result<kube::Client, LabError> {
+        let kc = kube::config::Kubeconfig::read_from(self.kubeconfig())
+            .map_err(|e| LabError::Io(std::io::Error::other(e.to_string())))?;
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .map_err(|e| LabError::Io(std::io::Error::other(e.to_string())))?;
+        kube::Client::try_from(config).map_err(kube_err)
+    }
+
+    /// Writes what a fresh cluster with ferrolb installed has: the CRD, the namespace, and a
+    /// Ready Node per node namespace with its LAN addresses.
+    pub async fn register_cluster(&self) -> Result<(), LabError> {
+        let client = self.client().await?;
+        Api::<CustomResourceDefinition>::all(client.clone())
+            .create(&PostParams::default(), &IPPool::crd())
+            .await
+            .map_err(kube_err)?;
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "ferrolb-system"}}))
+            .map_err(|e| LabError::Io(e.into()))?;
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.map_err(kube_err)?;
+        let nodes: Api<Node> = Api::all(client);
+        for n in &self.topology.nodes {
+            let node: Node = serde_json::from_value(json!({
+                "metadata": {"name": n.name, "labels": {"kubernetes.io/hostname": n.name}},
+                "status": {
+                    "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+                    "addresses": [{"type": "InternalIP", "address": n.ipv4.to_string()}, {"type": "InternalIP", "address": n.ipv6.to_string()}, {"type": "Hostname", "address": n.name}]
+                }
+            }))
+            .map_err(|e| LabError::Io(e.into()))?;
+            nodes.create(&PostParams::default(), &node).await.map_err(kube_err)?;
+        }
+        Ok(())
+    }
+
+    /// Starts the controller on the host.
+    pub fn start_controller(&self) -> Result<Proc, LabError> {
+        let log = std::fs::File::create(self.dir.join("controller.log"))?;
+        let child = Command::new(binary("ferrolb-controller")?)
+            .args([
+                "--kubeconfig",
+                &self.kubeconfig().to_string_lossy(),
+                "--namespace",
+                "ferrolb-system",
+                "--identity",
+                "lab",
+            ])
+            .args(["--metrics-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0"])
+            .stdout(Stdio::from(log))
+            .spawn()?;
+        Ok(Proc { child })
+    }
+
+    /// Starts the speaker of node `i` (0-based) inside its namespace, with `extra` flags.
+    pub fn start_speaker(&self, i: usize, extra: &[&str]) -> Result<Proc, LabError> {
+        let node = &self.topology.nodes[i];
+        let log = std::fs::File::create(self.dir.join(format!("speaker-{}.log", node.name)))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &node.namespace])
+            .arg(binary("ferrolb-speaker")?)
+            .args(["--kubeconfig", &self.node_kubeconfig().to_string_lossy(), "--node-name", &node.name])
+            .args(["--namespace", "ferrolb-system", "--peer-port", "7946", "--forwarding", "none"])
+            .args(["--metrics-addr", "127.0.0.1:7474", "--health-addr", "127.0.0.1:7474"])
+            .args(extra)
+            .stdout(Stdio::from(log))
+            .spawn()?;
+        Ok(Proc { child })
+    }
+}
