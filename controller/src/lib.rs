@@ -1,7 +1,6 @@
 //! ferrolb's controller: IP address management for LoadBalancer Services.
 
 pub mod allocator;
-pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;

@@ -5,6 +5,8 @@
 
 pub mod addresses;
 pub mod annotations;
+#[cfg(feature = "runtime")]
+pub mod events;
 pub mod ippool;
 #[cfg(feature = "runtime")]
 pub mod runtime;

@@ -22,6 +22,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 
+use ferrolb_crds::annotations::ANNOUNCED_CONDITION;
+use ferrolb_crds::events::Recorder;
+
 use crate::cluster::desired::{self, Cluster};
 use crate::cluster::views;
 use crate::l2::interfaces::{self, Interface};
@@ -188,6 +191,11 @@ pub async fn run(
     let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
     let mut state = State {
         cfg: cfg.clone(),
+        recorder: Recorder::new(client.clone(), "ferrolb-speaker", &cfg.node),
+        client: client.clone(),
+        services_by_ip: BTreeMap::new(),
+        reported: BTreeMap::new(),
+        writes: JoinSet::new(),
         metrics,
         responders: BTreeMap::new(),
         mine: BTreeMap::new(),
@@ -272,6 +280,13 @@ fn snapshot(
 
 struct State {
     cfg: Config,
+    client: Client,
+    recorder: Recorder,
+    /// Service keys per address, from the last decision.
+    services_by_ip: BTreeMap<IpAddr, Vec<String>>,
+    /// Conflicts already reported, and when.
+    reported: BTreeMap<(IpAddr, [u8; 6]), Instant>,
+    writes: JoinSet<()>,
     metrics: Metrics,
     responders: BTreeMap<String, Responder>,
     /// The addresses this node announces, with the interface patterns of their pools.
@@ -301,10 +316,45 @@ impl State {
 
     fn seen(&mut self, seen: Seen) {
         let Seen::Conflict { ip, mac, interface } = seen;
-        if self.mine.contains_key(&ip) {
-            self.metrics.conflicts.inc();
-            let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-            tracing::warn!(%ip, %mac, %interface, "another host answers for an address this node announces");
+        if !self.mine.contains_key(&ip) {
+            return;
+        }
+        self.metrics.conflicts.inc();
+        let text = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        tracing::warn!(%ip, mac = %text, %interface, "another host answers for an address this node announces");
+        // One Warning Event per (address, foreign MAC) a minute is enough to be seen.
+        let now = Instant::now();
+        if self.reported.get(&(ip, mac)).is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60)) {
+            return;
+        }
+        self.reported.insert((ip, mac), now);
+        let message = format!(
+            "another host ({text}) answers ARP/NDP for {ip} on {interface}, which node {} announces: two hosts claim the address",
+            self.cfg.node
+        );
+        for key in self.services_by_ip.get(&ip).cloned().unwrap_or_default() {
+            let (client, recorder, message) = (self.client.clone(), self.recorder.clone(), message.clone());
+            self.writes.spawn(async move {
+                if let Some(reference) = reference_of(&client, &key).await {
+                    let _ = recorder.publish(&reference, true, "AddressConflict", "Announce", &message).await;
+                }
+            });
+        }
+    }
+
+    /// Tells the Services of a newly announced address who announces it: a condition and an Event.
+    fn report_announced(&mut self, ip: IpAddr, interfaces: &[String]) {
+        let message = format!("{ip} announced by node {} on {}", self.cfg.node, interfaces.join(", "));
+        for key in self.services_by_ip.get(&ip).cloned().unwrap_or_default() {
+            let (client, recorder, message) = (self.client.clone(), self.recorder.clone(), message.clone());
+            self.writes.spawn(async move {
+                if let Err(e) = set_announced(&client, &key, &message).await {
+                    tracing::warn!(service = %key, error = %e, "could not set the Announced condition");
+                }
+                if let Some(reference) = reference_of(&client, &key).await {
+                    let _ = recorder.publish(&reference, false, "Announced", "Announce", &message).await;
+                }
+            });
         }
     }
 
@@ -332,7 +382,9 @@ impl State {
             tracing::info!(addresses = ?mine.keys().collect::<Vec<_>>(), "announcing");
         }
         self.mine = mine;
+        self.services_by_ip = decisions.iter().map(|(ip, d)| (*ip, d.services.clone())).collect();
         self.metrics.announced.set(self.mine.len() as i64);
+        let mut announced: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
         if self.interfaces_checked.is_none_or(|t| t.elapsed() > Duration::from_secs(2)) {
             self.interfaces = interfaces::suitable();
             self.interfaces_checked = Some(Instant::now());
@@ -366,6 +418,7 @@ impl State {
             let Some(r) = self.responders.get_mut(&iface.name) else { continue };
             for ip in r.set_owned(&owned) {
                 r.announce(ip);
+                announced.entry(ip).or_default().push(iface.name.clone());
                 let now = Instant::now();
                 self.repeats.extend(REPEATS.iter().map(|d| (now + *d, iface.name.clone(), ip)));
             }
@@ -377,5 +430,50 @@ impl State {
         self.metrics.requests.set(requests as i64);
         self.metrics.replies.set(replies as i64);
         self.metrics.gratuitous.set(gratuitous as i64);
+        while self.writes.try_join_next().is_some() {}
+        for (ip, ifaces) in announced {
+            self.report_announced(ip, &ifaces);
+        }
     }
+}
+
+async fn reference_of(client: &Client, key: &str) -> Option<k8s_openapi::api::core::v1::ObjectReference> {
+    let (ns, name) = key.split_once('/')?;
+    let svc = Api::<Service>::namespaced(client.clone(), ns).get(name).await.ok()?;
+    Some(svc.object_ref(&()))
+}
+
+/// Sets `ferrolb.io/Announced` on the Service, keeping its other conditions; retried on conflicts.
+async fn set_announced(client: &Client, key: &str, message: &str) -> Result<(), kube::Error> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    let Some((ns, name)) = key.split_once('/') else { return Ok(()) };
+    let api: Api<Service> = Api::namespaced(client.clone(), ns);
+    for _ in 0..5 {
+        let svc = api.get(name).await?;
+        let mut conditions: Vec<Condition> = svc.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+        let previous = conditions.iter().find(|c| c.type_ == ANNOUNCED_CONDITION).cloned();
+        if previous.as_ref().is_some_and(|c| c.status == "True" && c.message == message) {
+            return Ok(());
+        }
+        conditions.retain(|c| c.type_ != ANNOUNCED_CONDITION);
+        let since = previous
+            .filter(|c| c.status == "True")
+            .map(|c| c.last_transition_time)
+            .unwrap_or(Time(jiff::Timestamp::now()));
+        conditions.push(Condition {
+            type_: ANNOUNCED_CONDITION.into(),
+            status: "True".into(),
+            reason: "Announced".into(),
+            message: message.into(),
+            last_transition_time: since,
+            observed_generation: svc.metadata.generation,
+        });
+        let patch = serde_json::json!({"metadata": {"resourceVersion": svc.metadata.resource_version}, "status": {"conditions": conditions}});
+        match api.patch_status(name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(patch)).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

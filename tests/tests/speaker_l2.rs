@@ -92,6 +92,16 @@ async fn one_node_answers_and_another_takes_over_when_it_dies() {
         (macs.len() == 1 && probe::mac_text(macs.iter().next().unwrap()) == want6).then_some(())
     })
     .await;
+    // The Service says who announces it: a condition and an Event.
+    let announced = common::eventually("the Announced condition", Duration::from_secs(10), || async {
+        let svc = api.get("web").await.ok()?;
+        let c = svc.status?.conditions?.into_iter().find(|c| c.type_ == "ferrolb.io/Announced")?;
+        (c.status == "True" && c.message.contains(&format!("node {winner6}"))
+            || c.message.contains(&format!("node {winner}")))
+        .then_some(c.message)
+    })
+    .await;
+    assert!(announced.contains("eth0"), "{announced}");
     // Several probes in a row: never a second answer.
     for _ in 0..3 {
         let macs = one_mac(Some(v4), None).await;
@@ -128,4 +138,152 @@ async fn one_node_answers_and_another_takes_over_when_it_dies() {
     let macs = one_mac(Some(v4), None).await;
     assert_eq!(macs.len(), 1);
     assert_eq!(probe::mac_text(macs.iter().next().unwrap()), want_next);
+}
+
+/// Builds a lab with ferrolb on three nodes (speakers with `speaker_flags`), a pool on the LAN and
+/// one IPv4 Service; returns the lab, the speakers, the Service's address and its elected node.
+async fn lab_with_service(
+    speaker_flags: &[&str],
+) -> (Lab, Vec<ferrolb_tests::lab::processes::Proc>, ferrolb_tests::lab::processes::Proc, std::net::Ipv4Addr, String) {
+    let lab = Lab::up(3).await.expect("lab up");
+    lab.register_cluster().await.unwrap();
+    let client = lab.client().await.unwrap();
+    let pool = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "lan"},
+        "spec": {"addresses": ["198.51.100.200-198.51.100.210"]}});
+    Api::<ferrolb_crds::IPPool>::all(client.clone())
+        .patch("lan", &PatchParams::apply("lab"), &Patch::Apply(pool))
+        .await
+        .unwrap();
+    let controller = lab.start_controller().unwrap();
+    let speakers: Vec<_> = (0..3).map(|i| lab.start_speaker(i, speaker_flags).unwrap()).collect();
+    let svc: Service = serde_json::from_value(json!({"metadata": {"name": "web"},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "web"}, "ports": [{"port": 80}]}}))
+    .unwrap();
+    let api: Api<Service> = Api::namespaced(client.clone(), "default");
+    api.create(&PostParams::default(), &svc).await.unwrap();
+    let vip: std::net::Ipv4Addr = common::eventually("web to get an address", Duration::from_secs(20), || async {
+        api.get("web").await.ok()?.status?.load_balancer?.ingress?.first()?.ip.as_deref()?.parse().ok()
+    })
+    .await;
+    let names: Vec<String> = lab.topology.nodes.iter().map(|n| n.name.clone()).collect();
+    let winner = election::winner(names.iter().map(String::as_str), &IpAddr::V4(vip)).unwrap().to_string();
+    let want = mac_of(&lab, &winner);
+    let c = lab.topology.client.clone();
+    common::eventually("the elected node to answer", Duration::from_secs(20), || {
+        let (c, want) = (c.clone(), want.clone());
+        async move {
+            let macs =
+                blocking(move || probe::arp_who_has(&c.namespace, &c.interface, &c.mac, c.ipv4, vip).unwrap()).await;
+            (macs.len() == 1 && probe::mac_text(macs.iter().next().unwrap()) == want).then_some(())
+        }
+    })
+    .await;
+    (lab, speakers, controller, vip, winner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_over_without_a_gap() {
+    if !prerequisites() {
+        return;
+    }
+    let (lab, mut speakers, _controller, vip, winner) = lab_with_service(&[]).await;
+    let names: Vec<String> = lab.topology.nodes.iter().map(|n| n.name.clone()).collect();
+    let next = election::rank(names.iter().map(String::as_str), &IpAddr::V4(vip))[1].to_string();
+    let idx = names.iter().position(|n| *n == winner).unwrap();
+    let mut old = speakers.remove(idx);
+    let stopping = tokio::task::spawn_blocking(move || {
+        let status = old.terminate().unwrap();
+        (status, Instant::now())
+    });
+    // Ask continuously while the old speaker leaves: some node answers every time.
+    let c = lab.topology.client.clone();
+    let mut answers = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        let c = c.clone();
+        let macs = blocking(move || probe::arp_who_has(&c.namespace, &c.interface, &c.mac, c.ipv4, vip).unwrap()).await;
+        answers.push(macs);
+    }
+    let (status, _) = stopping.await.unwrap();
+    assert!(status.success(), "the speaker exits cleanly on SIGTERM: {status}");
+    assert!(answers.iter().all(|a| !a.is_empty()), "a probe went unanswered during the hand-over: {answers:?}");
+    let last = answers.last().unwrap();
+    assert_eq!(last.len(), 1);
+    assert_eq!(
+        probe::mac_text(last.iter().next().unwrap()),
+        mac_of(&lab, &next),
+        "the runner-up announces after the hand-over"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_heartbeats_are_ignored_and_a_foreign_answer_raises_a_conflict_event() {
+    use ferrolb_speaker::membership::heartbeat::{Heartbeat, encode};
+    if !prerequisites() {
+        return;
+    }
+    let secret = std::env::temp_dir().join(format!("ferrolb-secret-{}", std::process::id()));
+    std::fs::write(&secret, "the-real-key\n").unwrap();
+    let secret_arg = secret.to_string_lossy().into_owned();
+    let (lab, _speakers, _controller, vip, winner) = lab_with_service(&["--peer-secret-file", &secret_arg]).await;
+    let c = lab.topology.client.clone();
+    // From the client: "the winner is leaving", signed with the wrong key, to every other node.
+    let forged = Heartbeat {
+        node: winner.clone(),
+        incarnation: u64::MAX,
+        sequence: u64::MAX,
+        sent_at_ms: ferrolb_speaker::membership::udp::now_ms(),
+        leaving: true,
+    };
+    let bytes = encode(&forged, Some(b"not-the-key"));
+    let targets: Vec<std::net::SocketAddr> = lab
+        .topology
+        .nodes
+        .iter()
+        .filter(|n| n.name != winner)
+        .map(|n| std::net::SocketAddr::new(IpAddr::V4(n.ipv4), 7946))
+        .collect();
+    let ns = c.namespace.clone();
+    blocking(move || {
+        netns::in_ns(&ns, || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            for _ in 0..5 {
+                for t in &targets {
+                    s.send_to(&bytes, t).unwrap();
+                }
+            }
+        })
+        .unwrap()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let c2 = c.clone();
+    let macs = blocking(move || probe::arp_who_has(&c2.namespace, &c2.interface, &c2.mac, c2.ipv4, vip).unwrap()).await;
+    assert_eq!(macs.len(), 1);
+    assert_eq!(probe::mac_text(macs.iter().next().unwrap()), mac_of(&lab, &winner), "a forged leave moved the address");
+    let other = lab.topology.nodes.iter().find(|n| n.name != winner).unwrap().namespace.clone();
+    let metrics =
+        blocking(move || probe::http_get_in(&other, "127.0.0.1:7474".parse().unwrap(), "/metrics").unwrap_or_default())
+            .await;
+    let refused: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("ferrolb_speaker_heartbeats_refused "))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(refused >= 5.0, "forged heartbeats were not counted: {metrics}");
+
+    // A foreign host claims the address: the announcing speaker reports it on the Service.
+    let claim = ferrolb_speaker::l2::arp::gratuitous_reply(probe::mac_bytes(&c.mac), vip);
+    let ns = c.namespace.clone();
+    let iface = c.interface.clone();
+    blocking(move || probe::send_frames(&ns, &iface, vec![claim]).unwrap()).await;
+    let client = lab.client().await.unwrap();
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client, "default");
+    let message = common::eventually("an AddressConflict Warning on web", Duration::from_secs(10), || async {
+        let lp = kube::api::ListParams::default().fields("involvedObject.name=web");
+        events.list(&lp).await.ok()?.items.into_iter().find(|e| e.reason.as_deref() == Some("AddressConflict"))?.message
+    })
+    .await;
+    assert!(message.contains(&c.mac) && message.contains(&vip.to_string()), "{message}");
+    let _ = std::fs::remove_file(&secret);
 }

@@ -24,8 +24,8 @@ use tokio::task::JoinSet;
 
 use self::service::{Decision, Handling};
 use crate::allocator::{Allocator, request};
-use crate::events::Recorder;
 use crate::metrics::{Metrics, PoolLabel, PoolLabels, ReasonLabel};
+use ferrolb_crds::events::Recorder;
 
 /// What the leader needs.
 #[derive(Clone)]

@@ -111,3 +111,40 @@ pub fn resolve(ns: &str, ip: std::net::IpAddr) {
 pub fn mac_text(mac: &[u8; 6]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
+
+/// Sends raw frames on `iface` inside `ns` (a foreign host claiming an address, say).
+pub fn send_frames(ns: &str, iface: &str, frames: Vec<Vec<u8>>) -> Result<(), LabError> {
+    netns::in_ns(ns, move || -> Result<(), LabError> {
+        let nic = datalink::interfaces()
+            .into_iter()
+            .find(|i| i.name == iface)
+            .ok_or_else(|| LabError::Io(std::io::Error::other("no such interface")))?;
+        let (mut tx, _rx) = match datalink::channel(&nic, datalink::Config::default())? {
+            Channel::Ethernet(tx, rx) => (tx, rx),
+            _ => return Err(LabError::Io(std::io::Error::other("not Ethernet"))),
+        };
+        for f in frames {
+            tx.send_to(&f, None);
+        }
+        Ok(())
+    })?
+}
+
+/// A client's MAC in bytes.
+pub fn mac_bytes(text: &str) -> [u8; 6] {
+    parse_mac(text)
+}
+
+/// GETs `path` from `addr` inside `ns` (a speaker's /metrics, say).
+pub fn http_get_in(ns: &str, addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    netns::in_ns(ns, || {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    })
+    .ok()
+    .flatten()
+}
