@@ -107,3 +107,15 @@ fn the_cli_refuses_clearly_without_its_prerequisites_or_with_bad_arguments() {
     let (ok, _, err) = common::run(std::process::Command::new(bin).arg("sideways"));
     assert!(!ok && err.contains("unrecognized subcommand"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_passes_and_cleans_up() {
+    if !prerequisites() {
+        return;
+    }
+    let outcome = ferrolb_tests::lab::demo::run(|line| eprintln!("{line}")).await.expect("the demo passes");
+    assert_ne!(outcome.first, outcome.second);
+    assert!(outcome.failover < Duration::from_secs(5), "{outcome:?}");
+    let left: Vec<String> = netns::list().unwrap().into_iter().filter(|n| n.starts_with(&outcome.prefix)).collect();
+    assert!(left.is_empty(), "the demo left namespaces behind: {left:?}");
+}

@@ -26,6 +26,9 @@ enum Cmd {
         #[arg(long)]
         state_file: Option<PathBuf>,
     },
+    /// Show ferrolb at work: a Service gets an address, one node answers for it, that node's
+    /// speaker is killed and another takes over; prints the failover time, then cleans up.
+    Demo,
     /// Tear down the lab a state file describes.
     Down {
         /// The file `up --state-file` wrote.
@@ -80,6 +83,17 @@ async fn run(args: Args) -> Result<(), lab::netns::LabError> {
             if let Some(path) = &state_file {
                 let _ = std::fs::remove_file(path);
             }
+            Ok(())
+        }
+        Cmd::Demo => {
+            let outcome = lab::demo::run(|line| println!("{line}")).await?;
+            println!(
+                "demo passed: {} moved from {} to {} in {} ms",
+                outcome.vip,
+                outcome.first,
+                outcome.second,
+                outcome.failover.as_millis()
+            );
             Ok(())
         }
         Cmd::Down { state_file } => lab::down(&state_file),
