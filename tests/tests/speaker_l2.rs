@@ -287,3 +287,153 @@ async fn forged_heartbeats_are_ignored_and_a_foreign_answer_raises_a_conflict_ev
     assert!(message.contains(&c.mac) && message.contains(&vip.to_string()), "{message}");
     let _ = std::fs::remove_file(&secret);
 }
+
+/// Which nodes answer ARP for `vip` from the client, by name.
+async fn answerers(lab: &Lab, vip: std::net::Ipv4Addr) -> std::collections::BTreeSet<String> {
+    let c = lab.topology.client.clone();
+    let macs = blocking(move || probe::arp_who_has(&c.namespace, &c.interface, &c.mac, c.ipv4, vip).unwrap()).await;
+    macs.iter()
+        .map(|m| {
+            let text = probe::mac_text(m);
+            lab.topology.nodes.iter().find(|n| n.mac == text).map(|n| n.name.clone()).unwrap_or(text)
+        })
+        .collect()
+}
+
+async fn wait_answerers(lab: &Lab, vip: std::net::Ipv4Addr, want: &[&str]) {
+    let want: std::collections::BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+    let what = format!("{vip} to be answered by {want:?}");
+    common::eventually(&what, Duration::from_secs(15), || async { (answerers(lab, vip).await == want).then_some(()) })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_policy_node_selector_interfaces_exclusion_and_sharing() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::up(3).await.expect("lab up");
+    lab.register_cluster().await.unwrap();
+    let client = lab.client().await.unwrap();
+    let pools: Api<ferrolb_crds::IPPool> = Api::all(client.clone());
+    let pool = |name: &str, spec: serde_json::Value| json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool", "metadata": {"name": name}, "spec": spec});
+    for (name, spec) in [
+        ("lan", json!({"addresses": ["198.51.100.200-198.51.100.210"]})),
+        (
+            "sel",
+            json!({"addresses": ["198.51.100.220/32"], "autoAssign": false, "l2": {"nodeSelector": {"matchLabels": {"lb": "true"}}}}),
+        ),
+        ("ifs", json!({"addresses": ["198.51.100.230/32"], "autoAssign": false, "l2": {"interfaces": ["nomatch*"]}})),
+    ] {
+        pools.patch(name, &PatchParams::apply("lab"), &Patch::Apply(pool(name, spec))).await.unwrap();
+    }
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    nodes
+        .patch("node-2", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"lb": "true"}}})))
+        .await
+        .unwrap();
+    let _controller = lab.start_controller().unwrap();
+    let _speakers: Vec<_> = (0..3).map(|i| lab.start_speaker(i, &[]).unwrap()).collect();
+    let api: Api<Service> = Api::namespaced(client.clone(), "default");
+    let make = |name: &str, extra: serde_json::Value| {
+        let mut v = json!({"metadata": {"name": name}, "spec": {"type": "LoadBalancer", "selector": {"app": name}, "ports": [{"name": "p", "port": 80}]}});
+        json_patch::merge(&mut v, &extra);
+        serde_json::from_value::<Service>(v).unwrap()
+    };
+    let vip_of = |name: &'static str| {
+        let api = api.clone();
+        async move {
+            common::eventually(&format!("{name} to get an address"), Duration::from_secs(20), || async {
+                api.get(name)
+                    .await
+                    .ok()?
+                    .status?
+                    .load_balancer?
+                    .ingress?
+                    .first()?
+                    .ip
+                    .as_deref()?
+                    .parse::<std::net::Ipv4Addr>()
+                    .ok()
+            })
+            .await
+        }
+    };
+
+    // nodeSelector: only node-2 may announce.
+    api.create(&PostParams::default(), &make("sel", json!({"metadata": {"annotations": {"ferrolb.io/pool": "sel"}}})))
+        .await
+        .unwrap();
+    let sel = vip_of("sel").await;
+    wait_answerers(&lab, sel, &["node-2"]).await;
+
+    // interfaces: no interface matches, so nobody answers; once eth0 is allowed, one node does.
+    api.create(&PostParams::default(), &make("ifs", json!({"metadata": {"annotations": {"ferrolb.io/pool": "ifs"}}})))
+        .await
+        .unwrap();
+    let ifs = vip_of("ifs").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(answerers(&lab, ifs).await.is_empty(), "announced on an interface the pool excludes");
+    pools
+        .patch("ifs", &PatchParams::default(), &Patch::Merge(json!({"spec": {"l2": {"interfaces": ["eth*"]}}})))
+        .await
+        .unwrap();
+    common::eventually("ifs to be announced on eth0", Duration::from_secs(15), || async {
+        (answerers(&lab, ifs).await.len() == 1).then_some(())
+    })
+    .await;
+
+    // Local: only a node with a ready endpoint, and the announcement follows the endpoint.
+    api.create(&PostParams::default(), &make("local", json!({"spec": {"externalTrafficPolicy": "Local"}})))
+        .await
+        .unwrap();
+    let local = vip_of("local").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(answerers(&lab, local).await.is_empty(), "a Local Service without ready endpoints was announced");
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let slice = |node: &str, ip: &str| {
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": {"name": "local-1", "labels": {"kubernetes.io/service-name": "local"}},
+            "addressType": "IPv4", "ports": [{"name": "p", "port": 80, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [ip], "nodeName": node, "conditions": {"ready": true}}]})
+    };
+    slices.patch("local-1", &PatchParams::apply("lab"), &Patch::Apply(slice("node-3", "203.0.113.130"))).await.unwrap();
+    wait_answerers(&lab, local, &["node-3"]).await;
+    slices
+        .patch("local-1", &PatchParams::apply("lab").force(), &Patch::Apply(slice("node-1", "203.0.113.2")))
+        .await
+        .unwrap();
+    wait_answerers(&lab, local, &["node-1"]).await;
+
+    // Excluded from load balancers: the announcement leaves that node.
+    api.create(&PostParams::default(), &make("plain", json!({}))).await.unwrap();
+    let plain = vip_of("plain").await;
+    let names = ["node-1", "node-2", "node-3"];
+    let first = election::winner(names, &IpAddr::V4(plain)).unwrap();
+    wait_answerers(&lab, plain, &[first]).await;
+    nodes
+        .patch(
+            first,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"labels": {"node.kubernetes.io/exclude-from-external-load-balancers": ""}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let rest: Vec<&str> = names.iter().copied().filter(|n| *n != first).collect();
+    let second = election::winner(rest, &IpAddr::V4(plain)).unwrap();
+    wait_answerers(&lab, plain, &[second]).await;
+
+    // Shared: two Services, one address, one node.
+    let key = json!({"metadata": {"annotations": {"ferrolb.io/sharing-key": "s"}}});
+    api.create(&PostParams::default(), &make("share-a", key.clone())).await.unwrap();
+    let mut b = key.clone();
+    json_patch::merge(&mut b, &json!({"spec": {"ports": [{"name": "p", "port": 443}]}}));
+    api.create(&PostParams::default(), &make("share-b", b)).await.unwrap();
+    let (sa, sb) = (vip_of("share-a").await, vip_of("share-b").await);
+    assert_eq!(sa, sb);
+    common::eventually("the shared address to be announced by one node", Duration::from_secs(15), || async {
+        (answerers(&lab, sa).await.len() == 1).then_some(())
+    })
+    .await;
+}
