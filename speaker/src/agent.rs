@@ -119,6 +119,9 @@ where
     reader
 }
 
+/// How long after taking an address over claims by others are not reported as conflicts.
+const TAKEOVER_QUIET: Duration = Duration::from_secs(4);
+
 /// When repeats of a takeover's announcement go out, after the first.
 const REPEATS: [Duration; 4] =
     [Duration::from_millis(250), Duration::from_millis(750), Duration::from_millis(1500), Duration::from_secs(3)];
@@ -195,6 +198,7 @@ pub async fn run(
         client: client.clone(),
         services_by_ip: BTreeMap::new(),
         reported: BTreeMap::new(),
+        owned_since: BTreeMap::new(),
         writes: JoinSet::new(),
         metrics,
         responders: BTreeMap::new(),
@@ -207,6 +211,8 @@ pub async fn run(
         interfaces: Vec::new(),
     };
     let mut tick = tokio::time::interval(cfg.timings.interval);
+    let started = Instant::now();
+    let mut settled = false;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -227,9 +233,15 @@ pub async fn run(
                 lease::peers(leases.state().iter().map(|l| &**l), jiff::Timestamp::now()).into_keys(),
                 Instant::now(),
             );
+            // Announce nothing until every registered peer has been heard (or the grace is over),
+            // so a starting speaker never takes an address a live peer holds.
+            settled = settled || l.heard_all(&cfg.node) || started.elapsed() >= cfg.timings.grace;
             l.alive(&cfg.node, false, &cfg.timings, Instant::now())
         };
         state.metrics.peers.set(alive.len() as i64);
+        if !settled {
+            continue;
+        }
         let cluster = snapshot(&services, &slices, &nodes, &pools);
         state.apply(&desired::decide(&cluster, &alive));
     }
@@ -286,6 +298,8 @@ struct State {
     services_by_ip: BTreeMap<IpAddr, Vec<String>>,
     /// Conflicts already reported, and when.
     reported: BTreeMap<(IpAddr, [u8; 6]), Instant>,
+    /// When this node took each of its addresses over.
+    owned_since: BTreeMap<IpAddr, Instant>,
     writes: JoinSet<()>,
     metrics: Metrics,
     responders: BTreeMap<String, Responder>,
@@ -317,6 +331,11 @@ impl State {
     fn seen(&mut self, seen: Seen) {
         let Seen::Conflict { ip, mac, interface } = seen;
         if !self.mine.contains_key(&ip) {
+            return;
+        }
+        // Right after a takeover the previous owner may still be finishing its announcements;
+        // that is the election converging, not a foreign host.
+        if self.owned_since.get(&ip).is_some_and(|t| t.elapsed() < TAKEOVER_QUIET) {
             return;
         }
         self.metrics.conflicts.inc();
@@ -380,6 +399,11 @@ impl State {
         if mine.keys().ne(self.mine.keys()) {
             self.metrics.election_changes.inc();
             tracing::info!(addresses = ?mine.keys().collect::<Vec<_>>(), "announcing");
+        }
+        let now = Instant::now();
+        self.owned_since.retain(|ip, _| mine.contains_key(ip));
+        for ip in mine.keys() {
+            self.owned_since.entry(*ip).or_insert(now);
         }
         self.mine = mine;
         self.services_by_ip = decisions.iter().map(|(ip, d)| (*ip, d.services.clone())).collect();

@@ -11,7 +11,8 @@ pub struct Timings {
     pub interval: Duration,
     /// A peer not heard from for this long is dead.
     pub timeout: Duration,
-    /// A new peer counts as alive for this long before its first heartbeat arrives.
+    /// At start, how long to wait to hear every registered peer before announcing anything
+    /// (so a starting speaker never claims an address a live peer holds).
     pub grace: Duration,
 }
 
@@ -59,8 +60,14 @@ impl Liveness {
         }
     }
 
-    /// The peers alive now: registered, not leaving, and heard within the timeout (or new and
-    /// within the grace period). `me` is always alive to itself unless `me_leaving`.
+    /// Whether every registered peer has been heard from (the start-up settle is over early).
+    pub fn heard_all(&self, me: &str) -> bool {
+        self.registered.keys().all(|p| p == me || self.heard.contains_key(p))
+    }
+
+    /// The peers alive now: registered, not leaving, and heard within the timeout. A peer never
+    /// heard is not alive: a new speaker takes addresses over only once the others hear it.
+    /// `me` is always alive to itself unless `me_leaving`.
     pub fn alive(&self, me: &str, me_leaving: bool, t: &Timings, now: Instant) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
         for (peer, since) in &self.registered {
@@ -73,11 +80,8 @@ impl Liveness {
             if self.leaving.contains(peer) {
                 continue;
             }
-            let ok = match self.heard.get(peer) {
-                Some(at) => now.duration_since(*at) <= t.timeout,
-                None => now.duration_since(*since) <= t.grace,
-            };
-            if ok {
+            let _ = since;
+            if self.heard.get(peer).is_some_and(|at| now.duration_since(*at) <= t.timeout) {
                 out.insert(peer.clone());
             }
         }
@@ -95,9 +99,11 @@ mod tests {
         let t0 = Instant::now();
         let mut l = Liveness::default();
         l.set_registered(["a".to_string(), "b".to_string(), "c".to_string()], t0);
-        // New peers get a grace period.
-        assert_eq!(l.alive("a", false, &t, t0).len(), 3);
+        // Peers never heard are not alive yet.
+        assert_eq!(l.alive("a", false, &t, t0), BTreeSet::from(["a".to_string()]));
+        assert!(!l.heard_all("a"));
         l.heard("b", false, t0 + Duration::from_millis(100));
+        assert_eq!(l.alive("a", false, &t, t0 + Duration::from_millis(150)).len(), 2);
         let later = t0 + Duration::from_secs(3);
         // c never spoke and its grace is over; b went silent.
         assert_eq!(l.alive("a", false, &t, later), BTreeSet::from(["a".to_string()]));

@@ -148,3 +148,44 @@ pub fn http_get_in(ns: &str, addr: std::net::SocketAddr, path: &str) -> Option<S
     .ok()
     .flatten()
 }
+
+/// Round-trip times of `count` ARP requests for `target`, one after the other, from the client:
+/// each is the time from sending the request to reading its reply.
+pub fn arp_rtts(
+    ns: &str,
+    iface: &str,
+    client_mac: &str,
+    client_ip: Ipv4Addr,
+    target: Ipv4Addr,
+    count: usize,
+) -> Result<Vec<Duration>, LabError> {
+    let me = parse_mac(client_mac);
+    let iface = iface.to_string();
+    netns::in_ns(ns, move || -> Result<Vec<Duration>, LabError> {
+        let nic = datalink::interfaces()
+            .into_iter()
+            .find(|i| i.name == iface)
+            .ok_or_else(|| LabError::Io(std::io::Error::other("no such interface")))?;
+        let config = datalink::Config { read_timeout: Some(Duration::from_millis(5)), ..Default::default() };
+        let (mut tx, mut rx) = match datalink::channel(&nic, config)? {
+            Channel::Ethernet(tx, rx) => (tx, rx),
+            _ => return Err(LabError::Io(std::io::Error::other("not Ethernet"))),
+        };
+        let mut request = arp::gratuitous_request(me, target);
+        request[28..32].copy_from_slice(&client_ip.octets());
+        let mut out = Vec::with_capacity(count);
+        for _ in 0..count {
+            let sent = Instant::now();
+            tx.send_to(&request, None);
+            while sent.elapsed() < Duration::from_millis(500) {
+                if let Ok(frame) = rx.next()
+                    && matches!(arp::parse(frame), Some(arp::Arp::Reply { sender_ip, target_ip, .. }) if sender_ip == target && target_ip == client_ip)
+                {
+                    out.push(sent.elapsed());
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    })?
+}
