@@ -199,6 +199,8 @@ pub async fn run(
         services_by_ip: BTreeMap::new(),
         reported: BTreeMap::new(),
         owned_since: BTreeMap::new(),
+        announced_on: BTreeMap::new(),
+        condition_attempts: BTreeMap::new(),
         writes: JoinSet::new(),
         metrics,
         responders: BTreeMap::new(),
@@ -244,6 +246,7 @@ pub async fn run(
         }
         let cluster = snapshot(&services, &slices, &nodes, &pools);
         state.apply(&desired::decide(&cluster, &alive));
+        state.ensure_conditions(&services);
     }
 
     // Hand over: tell the peers we are leaving, keep answering until another node has announced
@@ -300,6 +303,10 @@ struct State {
     reported: BTreeMap<(IpAddr, [u8; 6]), Instant>,
     /// When this node took each of its addresses over.
     owned_since: BTreeMap<IpAddr, Instant>,
+    /// The interfaces each announced address is answered on.
+    announced_on: BTreeMap<IpAddr, Vec<String>>,
+    /// When the Announced condition of each Service was last written.
+    condition_attempts: BTreeMap<String, Instant>,
     writes: JoinSet<()>,
     metrics: Metrics,
     responders: BTreeMap<String, Responder>,
@@ -361,15 +368,13 @@ impl State {
         }
     }
 
-    /// Tells the Services of a newly announced address who announces it: a condition and an Event.
+    /// Tells the Services of a newly announced address who announces it, with an Event (the
+    /// condition is kept right by `ensure_conditions`).
     fn report_announced(&mut self, ip: IpAddr, interfaces: &[String]) {
         let message = format!("{ip} announced by node {} on {}", self.cfg.node, interfaces.join(", "));
         for key in self.services_by_ip.get(&ip).cloned().unwrap_or_default() {
             let (client, recorder, message) = (self.client.clone(), self.recorder.clone(), message.clone());
             self.writes.spawn(async move {
-                if let Err(e) = set_announced(&client, &key, &message).await {
-                    tracing::warn!(service = %key, error = %e, "could not set the Announced condition");
-                }
                 if let Some(reference) = reference_of(&client, &key).await {
                     let _ = recorder.publish(&reference, false, "Announced", "Announce", &message).await;
                 }
@@ -416,6 +421,7 @@ impl State {
         let names: BTreeSet<&str> = self.interfaces.iter().map(|i| i.name.as_str()).collect();
         self.responders.retain(|n, _| names.contains(n.as_str()));
         let (mut requests, mut replies, mut gratuitous) = (0, 0, 0);
+        let mut on: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
         for iface in &self.interfaces {
             let owned: BTreeSet<IpAddr> = self
                 .mine
@@ -440,6 +446,9 @@ impl State {
                 }
             }
             let Some(r) = self.responders.get_mut(&iface.name) else { continue };
+            for ip in &owned {
+                on.entry(*ip).or_default().push(iface.name.clone());
+            }
             for ip in r.set_owned(&owned) {
                 r.announce(ip);
                 announced.entry(ip).or_default().push(iface.name.clone());
@@ -457,6 +466,49 @@ impl State {
         while self.writes.try_join_next().is_some() {}
         for (ip, ifaces) in announced {
             self.report_announced(ip, &ifaces);
+        }
+        self.announced_on = on;
+    }
+
+    /// The message of the `ferrolb.io/Announced` condition for an address this node announces.
+    fn announced_message(&self, ip: &IpAddr) -> Option<String> {
+        let ifaces = self.announced_on.get(ip)?;
+        Some(format!("{ip} announced by node {} on {}", self.cfg.node, ifaces.join(", ")))
+    }
+
+    /// Rewrites the condition of any Service whose condition does not name this node for an
+    /// address it announces (a late write of a previous owner, say), at most once a second each.
+    fn ensure_conditions(&mut self, services: &Store<Service>) {
+        let now = Instant::now();
+        let mut todo = Vec::new();
+        for ip in self.mine.keys() {
+            let Some(message) = self.announced_message(ip) else { continue };
+            for key in self.services_by_ip.get(ip).into_iter().flatten() {
+                let Some((ns, name)) = key.split_once('/') else { continue };
+                let Some(svc) = services.get(&reflector::ObjectRef::new(name).within(ns)) else { continue };
+                let current = svc
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .and_then(|c| c.iter().find(|c| c.type_ == ANNOUNCED_CONDITION))
+                    .map(|c| (c.status.clone(), c.message.clone()));
+                if current == Some(("True".to_string(), message.clone())) {
+                    continue;
+                }
+                if self.condition_attempts.get(key).is_some_and(|t| now.duration_since(*t) < Duration::from_secs(1)) {
+                    continue;
+                }
+                todo.push((key.clone(), message.clone()));
+            }
+        }
+        for (key, message) in todo {
+            self.condition_attempts.insert(key.clone(), now);
+            let client = self.client.clone();
+            self.writes.spawn(async move {
+                if let Err(e) = set_announced(&client, &key, &message).await {
+                    tracing::warn!(service = %key, error = %e, "could not set the Announced condition");
+                }
+            });
         }
     }
 }
