@@ -119,3 +119,58 @@ async fn the_demo_passes_and_cleans_up() {
     let left: Vec<String> = netns::list().unwrap().into_iter().filter(|n| n.starts_with(&outcome.prefix)).collect();
     assert!(left.is_empty(), "the demo left namespaces behind: {left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_answer_with_their_pod_name_and_the_client_address_and_are_registered() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::up(2).await.expect("lab up");
+    lab.register_cluster().await.unwrap();
+    let _backends = lab.start_backends("web", 8080).await.unwrap();
+    let (n1, pod2) = (lab.topology.nodes[0].clone(), lab.topology.pods[1].clone());
+    // TCP over the routed pod network, from node-1 to the pod behind node-2.
+    let got = tokio::task::spawn_blocking(move || {
+        netns::in_ns(&n1.namespace, || {
+            let mut s = std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::new(pod2.ipv4.into(), 8080),
+                Duration::from_secs(3),
+            )
+            .ok()?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).ok()?;
+            Some(out)
+        })
+        .unwrap()
+    })
+    .await
+    .unwrap()
+    .expect("the backend answers over TCP");
+    assert_eq!(got, format!("pod=web-node-2 client={}\n", lab.topology.nodes[0].ipv4));
+    // UDP over IPv6.
+    let (n1, pod2) = (lab.topology.nodes[0].clone(), lab.topology.pods[1].clone());
+    let got = tokio::task::spawn_blocking(move || {
+        netns::in_ns(&n1.namespace, || {
+            let s = std::net::UdpSocket::bind("[::]:0").ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+            s.send_to(b"hi", std::net::SocketAddr::new(pod2.ipv6.into(), 8080)).ok()?;
+            let mut buf = [0u8; 200];
+            let n = s.recv(&mut buf).ok()?;
+            Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+        })
+        .unwrap()
+    })
+    .await
+    .unwrap()
+    .expect("the backend answers over UDP");
+    assert_eq!(got, format!("pod=web-node-2 client={}\n", lab.topology.nodes[0].ipv6));
+    // The API has what a kubelet and the endpoint controller would write.
+    let client = lab.client().await.unwrap();
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client.clone(), "default");
+    let p = pods.get("web-node-1").await.unwrap();
+    assert_eq!(p.spec.unwrap().node_name.as_deref(), Some("node-1"));
+    assert_eq!(p.status.unwrap().pod_ip.as_deref(), Some(lab.topology.pods[0].ipv4.to_string().as_str()));
+    let slices: kube::Api<k8s_openapi::api::discovery::v1::EndpointSlice> = kube::Api::namespaced(client, "default");
+    let s = slices.get("web-ipv4").await.unwrap();
+    assert_eq!(s.endpoints.map(|e| e.len()), Some(2));
+}

@@ -1,6 +1,7 @@
 //! The network-namespace lab: a small cluster on one Linux host (root), built from namespaces,
 //! with sim-apiserver reachable from every node. Tests and `ferrolb-lab` share this code.
 
+pub mod backends;
 pub mod demo;
 pub mod netns;
 pub mod probe;
