@@ -15,7 +15,9 @@ use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::UdpSocket;
@@ -50,6 +52,13 @@ pub struct Config {
     pub lease_duration: Duration,
 }
 
+/// Labels naming an address.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AddressLabel {
+    /// The address.
+    pub address: String,
+}
+
 /// The speaker's metrics.
 #[derive(Clone, Default)]
 pub struct Metrics {
@@ -57,10 +66,10 @@ pub struct Metrics {
     pub announced: Gauge,
     /// Live peers (this node included).
     pub peers: Gauge,
-    /// Requests for our addresses received.
-    pub requests: Gauge,
-    /// Replies sent.
-    pub replies: Gauge,
+    /// Requests for our addresses received, per address.
+    pub requests: Family<AddressLabel, Gauge>,
+    /// Replies sent, per address.
+    pub replies: Family<AddressLabel, Gauge>,
     /// Gratuitous frames sent.
     pub gratuitous: Gauge,
     /// Changes of what this node announces.
@@ -76,8 +85,8 @@ impl Metrics {
     pub fn register(&self, r: &mut Registry) {
         r.register("ferrolb_speaker_announced_addresses", "Addresses this node announces", self.announced.clone());
         r.register("ferrolb_speaker_live_peers", "Live speakers, this one included", self.peers.clone());
-        r.register("ferrolb_speaker_requests", "ARP/NDP requests for our addresses received", self.requests.clone());
-        r.register("ferrolb_speaker_replies", "ARP/NDP replies sent", self.replies.clone());
+        r.register("ferrolb_speaker_requests", "ARP/NDP requests received, per address", self.requests.clone());
+        r.register("ferrolb_speaker_replies", "ARP/NDP replies sent, per address", self.replies.clone());
         r.register(
             "ferrolb_speaker_gratuitous",
             "Gratuitous ARP / unsolicited NA frames sent",
@@ -420,7 +429,8 @@ impl State {
         }
         let names: BTreeSet<&str> = self.interfaces.iter().map(|i| i.name.as_str()).collect();
         self.responders.retain(|n, _| names.contains(n.as_str()));
-        let (mut requests, mut replies, mut gratuitous) = (0, 0, 0);
+        let mut per_address: BTreeMap<IpAddr, (u64, u64)> = BTreeMap::new();
+        let mut gratuitous = 0;
         let mut on: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
         for iface in &self.interfaces {
             let owned: BTreeSet<IpAddr> = self
@@ -456,12 +466,18 @@ impl State {
                 self.repeats.extend(REPEATS.iter().map(|d| (now + *d, iface.name.clone(), ip)));
             }
             let c = &r.counters;
-            requests += c.requests.load(std::sync::atomic::Ordering::Relaxed);
-            replies += c.replies.load(std::sync::atomic::Ordering::Relaxed);
+            for (ip, (req, rep)) in c.per_address.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                let e = per_address.entry(*ip).or_default();
+                e.0 += req;
+                e.1 += rep;
+            }
             gratuitous += c.gratuitous.load(std::sync::atomic::Ordering::Relaxed);
         }
-        self.metrics.requests.set(requests as i64);
-        self.metrics.replies.set(replies as i64);
+        for (ip, (req, rep)) in per_address {
+            let label = AddressLabel { address: ip.to_string() };
+            self.metrics.requests.get_or_create(&label).set(req as i64);
+            self.metrics.replies.get_or_create(&label).set(rep as i64);
+        }
         self.metrics.gratuitous.set(gratuitous as i64);
         while self.writes.try_join_next().is_some() {}
         for (ip, ifaces) in announced {

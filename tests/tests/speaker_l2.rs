@@ -107,6 +107,19 @@ async fn one_node_answers_and_another_takes_over_when_it_dies() {
         let macs = one_mac(Some(v4), None).await;
         assert_eq!(macs.len(), 1, "more than one MAC answered: {macs:?}");
     }
+    // The announcing node counts what it did, per address.
+    let ns_w = lab.topology.nodes.iter().find(|n| n.name == winner).unwrap().namespace.clone();
+    let metrics =
+        blocking(move || probe::http_get_in(&ns_w, "127.0.0.1:7474".parse().unwrap(), "/metrics").unwrap_or_default())
+            .await;
+    let value = |prefix: &str| -> f64 {
+        metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(-1.0)
+    };
+    assert!(value(&format!("ferrolb_speaker_requests{{address=\"{v4}\"}}")) >= 3.0, "{metrics}");
+    assert!(value(&format!("ferrolb_speaker_replies{{address=\"{v4}\"}}")) >= 3.0, "{metrics}");
+    assert_eq!(value("ferrolb_speaker_live_peers "), 3.0, "{metrics}");
+    assert!(value("ferrolb_speaker_gratuitous ") >= 2.0, "{metrics}");
+    assert!(value("ferrolb_speaker_announced_addresses ") >= 1.0, "{metrics}");
     // Nobody answers for an address that is not allocated.
     let free: std::net::Ipv4Addr = "198.51.100.209".parse().unwrap();
     assert!(one_mac(Some(free), None).await.is_empty(), "someone answered for an unallocated address");

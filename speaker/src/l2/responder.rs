@@ -31,10 +31,8 @@ pub enum Seen {
 /// Counters of one responder.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Requests/solicitations for our addresses.
-    pub requests: AtomicU64,
-    /// Replies/advertisements sent.
-    pub replies: AtomicU64,
+    /// Per address: requests/solicitations received and replies/advertisements sent.
+    pub per_address: std::sync::Mutex<std::collections::HashMap<IpAddr, (u64, u64)>>,
     /// Gratuitous frames sent.
     pub gratuitous: AtomicU64,
 }
@@ -84,11 +82,12 @@ impl Responder {
                         arp::answer(frame, mac, |a| ours(IpAddr::V4(a))).map(|(ip, f)| (IpAddr::V4(ip), f)).or_else(
                             || ndp::answer(frame, mac, |a| ours(IpAddr::V6(a))).map(|(ip, f)| (IpAddr::V6(ip), f)),
                         );
-                    if let Some((_, f)) = reply {
-                        counters.requests.fetch_add(1, Ordering::Relaxed);
-                        if out.send(f).is_ok() {
-                            counters.replies.fetch_add(1, Ordering::Relaxed);
-                        }
+                    if let Some((ip, f)) = reply {
+                        let sent = out.send(f).is_ok();
+                        let mut per = counters.per_address.lock().unwrap_or_else(|e| e.into_inner());
+                        let entry = per.entry(ip).or_default();
+                        entry.0 += 1;
+                        entry.1 += u64::from(sent);
                         continue;
                     }
                     let claim =
