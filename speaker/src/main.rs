@@ -54,6 +54,10 @@ struct Args {
     /// A peer silent for this long is dead (milliseconds).
     #[arg(long, default_value_t = 500)]
     peer_timeout_ms: u64,
+    /// At start, wait at most this long to hear every registered peer before announcing
+    /// (milliseconds).
+    #[arg(long, default_value_t = 2000)]
+    startup_settle_ms: u64,
     /// How long the speaker's Lease lasts without renewal (seconds).
     #[arg(long, default_value_t = 10)]
     lease_seconds: u64,
@@ -128,7 +132,7 @@ async fn run(args: Args) -> Result<(), telemetry::Error> {
         timings: Timings {
             interval: Duration::from_millis(args.heartbeat_interval_ms.max(10)),
             timeout: Duration::from_millis(args.peer_timeout_ms.max(20)),
-            ..Timings::default()
+            grace: Duration::from_millis(args.startup_settle_ms),
         },
         lease_duration: Duration::from_secs(args.lease_seconds.max(3)),
     };

@@ -35,6 +35,22 @@ fn controller_binary() -> PathBuf {
     bin
 }
 
+/// The controller process, killed even when the bench panics.
+struct Reaped(std::process::Child);
+
+impl Reaped {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -72,13 +88,22 @@ async fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("kubeconfig");
     server.write_kubeconfig(&kubeconfig).unwrap();
-    let mut controller = Command::new(bin)
-        .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "--namespace", "ferrolb-system", "--identity", "bench"])
-        .args(["--metrics-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0", "--log-level", "warn"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = controller.id();
+    let mut controller = Reaped(
+        Command::new(bin)
+            .args([
+                "--kubeconfig",
+                kubeconfig.to_str().unwrap(),
+                "--namespace",
+                "ferrolb-system",
+                "--identity",
+                "bench",
+            ])
+            .args(["--metrics-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0", "--log-level", "warn"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = controller.0.id();
     // Wait until it leads and has synced (it writes the pool's status then).
     let pools: Api<IPPool> = Api::all(client.clone());
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -143,8 +168,7 @@ async fn main() {
     let distinct: HashSet<&String> = seen.values().map(|(_, ip)| ip).collect();
     assert_eq!(distinct.len(), SERVICES, "an address was handed out twice");
     observer.abort();
-    let _ = controller.kill();
-    let _ = controller.wait();
+    controller.kill();
     let _ = std::fs::remove_dir_all(&dir);
 
     println!("| measure | value | target |");

@@ -67,18 +67,26 @@ async fn run(args: Args) -> Result<(), lab::netns::LabError> {
     match args.command {
         Cmd::Up { nodes, state_file } => {
             let lab = Lab::up(nodes).await?;
+            let running = lab.start_cluster().await?;
             if let Some(path) = &state_file {
                 lab.write_state(path)?;
             }
             let t = &lab.topology;
-            println!("lab {} is up", t.prefix);
-            println!("kubeconfig: {}", lab.kubeconfig().display());
+            println!("lab {} is up: sim-apiserver, ferrolb-controller, a ferrolb-speaker per node", t.prefix);
+            println!(
+                "kubeconfig: {}  (KUBECONFIG={} kubectl get nodes)",
+                lab.kubeconfig().display(),
+                lab.kubeconfig().display()
+            );
+            println!("logs: {}", lab.dir.display());
+            println!("backends: app=echo, TCP and UDP 8080, in every pod (EndpointSlices of Service default/echo)");
             for n in &t.nodes {
                 println!("node {}: ip netns exec {} ... ({} / {}, {})", n.name, n.namespace, n.ipv4, n.ipv6, n.mac);
             }
             println!("client: ip netns exec {} ... ({} / {})", t.client.namespace, t.client.ipv4, t.client.ipv6);
             println!("stop with Ctrl-C or `ferrolb-lab down --state-file FILE`");
             stopped().await;
+            drop(running);
             drop(lab);
             if let Some(path) = &state_file {
                 let _ = std::fs::remove_file(path);

@@ -131,3 +131,34 @@ impl Lab {
         Ok(Proc { child })
     }
 }
+
+/// Everything `ferrolb-lab up` runs on top of the network.
+pub struct Running {
+    /// The controller.
+    pub controller: Proc,
+    /// One speaker per node.
+    pub speakers: Vec<Proc>,
+    /// The backend servers.
+    pub backends: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for b in &self.backends {
+            b.abort();
+        }
+    }
+}
+
+impl Lab {
+    /// The whole cluster: Node objects, the controller, a speaker per node, and an `echo` backend
+    /// (TCP and UDP port 8080) in every pod with its Pods and EndpointSlices.
+    pub async fn start_cluster(&self) -> Result<Running, LabError> {
+        self.register_cluster().await?;
+        let controller = self.start_controller()?;
+        let speakers =
+            (0..self.topology.nodes.len()).map(|i| self.start_speaker(i, &[])).collect::<Result<Vec<_>, _>>()?;
+        let backends = self.start_backends("echo", 8080).await?;
+        Ok(Running { controller, speakers, backends })
+    }
+}
