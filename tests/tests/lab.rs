@@ -174,3 +174,50 @@ async fn backends_answer_with_their_pod_name_and_the_client_address_and_are_regi
     let s = slices.get("web-ipv4").await.unwrap();
     assert_eq!(s.endpoints.map(|e| e.len()), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferrolb_lab_up_and_down_through_the_state_file() {
+    if !prerequisites() {
+        return;
+    }
+    let state = std::env::temp_dir().join(format!("ferrolb-lab-state-{}.json", std::process::id()));
+    let mut up = common::Proc(
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferrolb-lab"))
+            .args(["up", "--nodes", "2", "--state-file", state.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let text = common::eventually("the state file", Duration::from_secs(30), || async {
+        std::fs::read_to_string(&state).ok()
+    })
+    .await;
+    let s: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let prefix = s["prefix"].as_str().unwrap().to_string();
+    assert_eq!(s["nodes"].as_array().unwrap().len(), 2);
+    for key in ["name", "namespace", "interface", "ipv4", "ipv6", "mac"] {
+        assert!(s["nodes"][0][key].is_string(), "node {key} missing: {text}");
+        assert!(s["client"][key].is_string(), "client {key} missing: {text}");
+    }
+    assert!(s["pods"][1]["ipv4"].is_string());
+    let kc = kube::config::Kubeconfig::read_from(s["kubeconfig"].as_str().unwrap()).unwrap();
+    let client =
+        kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap()).unwrap();
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    assert_eq!(nodes.list(&Default::default()).await.unwrap().items.len(), 2);
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> = kube::Api::namespaced(client, "ferrolb-system");
+    common::eventually("both speakers and the controller to hold Leases", Duration::from_secs(20), || async {
+        (leases.list(&Default::default()).await.ok()?.items.len() == 3).then_some(())
+    })
+    .await;
+    let (ok, _, err) = common::run(std::process::Command::new(env!("CARGO_BIN_EXE_ferrolb-lab")).args([
+        "down",
+        "--state-file",
+        state.to_str().unwrap(),
+    ]));
+    assert!(ok, "{err}");
+    let exited = tokio::task::spawn_blocking(move || up.0.wait().unwrap()).await.unwrap();
+    assert!(exited.success(), "ferrolb-lab up did not stop cleanly: {exited}");
+    let left: Vec<String> = netns::list().unwrap().into_iter().filter(|n| n.starts_with(&prefix)).collect();
+    assert!(left.is_empty(), "{left:?}");
+}
