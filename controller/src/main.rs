@@ -66,28 +66,6 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 async fn run(args: Args) -> Result<(), telemetry::Error> {
     let client = telemetry::connect(args.kubeconfig.as_deref()).await?;
     let version = client.apiserver_version().await?;
@@ -122,7 +100,7 @@ async fn run(args: Args) -> Result<(), telemetry::Error> {
         concurrency: args.concurrency,
         field_manager: identity,
     };
-    let shutdown = shutdown_signal();
+    let shutdown = telemetry::shutdown_signal();
     tokio::pin!(shutdown);
     'outer: loop {
         // Wait to lead.

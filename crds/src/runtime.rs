@@ -38,6 +38,22 @@ pub enum LogFormat {
     Json,
 }
 
+/// Completes on SIGTERM or Ctrl-C (SIGINT): how Kubernetes and a person stop a process.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 /// Installs the global tracing subscriber; RUST_LOG overrides `level`.
 pub fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

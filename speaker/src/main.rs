@@ -82,21 +82,6 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 async fn run(args: Args) -> Result<(), telemetry::Error> {
     let secret = match &args.peer_secret_file {
         Some(path) => {
@@ -136,6 +121,6 @@ async fn run(args: Args) -> Result<(), telemetry::Error> {
         },
         lease_duration: Duration::from_secs(args.lease_seconds.max(3)),
     };
-    agent::run(client, cfg, metrics, shutdown_signal()).await?;
+    agent::run(client, cfg, metrics, telemetry::shutdown_signal()).await?;
     Ok(())
 }

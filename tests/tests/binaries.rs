@@ -17,35 +17,21 @@ impl Drop for Reaped {
     }
 }
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.ok()?;
-    let code = out.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, out))
-}
-
 async fn serves_health_and_metrics(child: &mut Reaped, health: SocketAddr, metrics: SocketAddr) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let code = loop {
         if let Ok(Some(status)) = child.0.try_wait() {
             panic!("the binary exited early: {status}");
         }
-        if let Some((code, _)) = get(health, "/healthz").await {
+        if let Some((code, _)) = common::http_get(health, "/healthz").await {
             break code;
         }
         assert!(tokio::time::Instant::now() < deadline, "/healthz never answered");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(code, 200);
-    assert_eq!(get(health, "/readyz").await.unwrap().0, 200);
-    let (code, body) = get(metrics, "/metrics").await.unwrap();
+    assert_eq!(common::http_get(health, "/readyz").await.unwrap().0, 200);
+    let (code, body) = common::http_get(metrics, "/metrics").await.unwrap();
     assert_eq!(code, 200);
     assert!(body.contains("ferrolb_build_info"), "{body}");
 }
@@ -60,7 +46,7 @@ async fn controller_and_speaker_start_connect_and_serve_health() {
     let secret = dir.join("secret");
     std::fs::write(&secret, "s3cret\n").unwrap();
 
-    let (health, metrics) = (free_addr(), free_addr());
+    let (health, metrics) = (common::free_addr(), common::free_addr());
     let mut controller = Reaped(
         Command::new(common::workspace_binary("ferrolb-controller"))
             .args([
@@ -85,7 +71,7 @@ async fn controller_and_speaker_start_connect_and_serve_health() {
     );
     serves_health_and_metrics(&mut controller, health, metrics).await;
 
-    let (health, metrics) = (free_addr(), free_addr());
+    let (health, metrics) = (common::free_addr(), common::free_addr());
     let mut speaker = Reaped(
         Command::new(common::workspace_binary("ferrolb-speaker"))
             .args([

@@ -8,17 +8,6 @@ use std::time::Duration;
 
 use ferrolb_tests::lab::{Lab, netns};
 
-fn prerequisites() -> bool {
-    match netns::check_prerequisites() {
-        Ok(()) => true,
-        Err(e) if common::in_ci() => panic!("the lab cannot run under CI=true: {e}"),
-        Err(e) => {
-            eprintln!("SKIPPED: {e}");
-            false
-        }
-    }
-}
-
 /// A TCP listener in `server_ns` answering one connection from `client_ns`.
 fn tcp_reaches(server_ns: &str, listen: &str, client_ns: &str) -> bool {
     let addr: std::net::SocketAddr = listen.parse().unwrap();
@@ -39,7 +28,7 @@ fn tcp_reaches(server_ns: &str, listen: &str, client_ns: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lab_builds_a_routed_cluster_reaches_the_api_and_cleans_up() {
-    if !prerequisites() {
+    if !common::lab_prerequisites() {
         return;
     }
     let lab = Lab::up(3).await.expect("lab up");
@@ -110,7 +99,7 @@ fn the_cli_refuses_clearly_without_its_prerequisites_or_with_bad_arguments() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_passes_and_cleans_up() {
-    if !prerequisites() {
+    if !common::lab_prerequisites() {
         return;
     }
     let outcome = ferrolb_tests::lab::demo::run(|line| eprintln!("{line}")).await.expect("the demo passes");
@@ -122,7 +111,7 @@ async fn the_demo_passes_and_cleans_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backends_answer_with_their_pod_name_and_the_client_address_and_are_registered() {
-    if !prerequisites() {
+    if !common::lab_prerequisites() {
         return;
     }
     let lab = Lab::up(2).await.expect("lab up");
@@ -177,7 +166,7 @@ async fn backends_answer_with_their_pod_name_and_the_client_address_and_are_regi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ferrolb_lab_up_and_down_through_the_state_file() {
-    if !prerequisites() {
+    if !common::lab_prerequisites() {
         return;
     }
     let state = std::env::temp_dir().join(format!("ferrolb-lab-state-{}.json", std::process::id()));

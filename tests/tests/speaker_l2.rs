@@ -13,17 +13,6 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-fn prerequisites() -> bool {
-    match netns::check_prerequisites() {
-        Ok(()) => true,
-        Err(e) if common::in_ci() => panic!("the lab cannot run under CI=true: {e}"),
-        Err(e) => {
-            eprintln!("SKIPPED: {e}");
-            false
-        }
-    }
-}
-
 fn mac_of(lab: &Lab, node: &str) -> String {
     lab.topology.nodes.iter().find(|n| n.name == node).unwrap().mac.clone()
 }
@@ -34,7 +23,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_node_answers_and_another_takes_over_when_it_dies() {
-    if !prerequisites() {
+    if !common::lab_prerequisites() {
         return;
     }
     let lab = Lab::up(3).await.expect("lab up");
@@ -196,7 +185,7 @@ async fn lab_with_service(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_over_without_a_gap() {
-    if !prerequisites() {
+    if !common::lab_prerequisites() {
         return;
     }
     let (lab, mut speakers, _controller, vip, winner) = lab_with_service(&[]).await;
@@ -232,7 +221,7 @@ async fn sigterm_hands_over_without_a_gap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_heartbeats_are_ignored_and_a_foreign_answer_raises_a_conflict_event() {
     use ferrolb_speaker::membership::heartbeat::{Heartbeat, encode};
-    if !prerequisites() {
+    if !common::lab_prerequisites() {
         return;
     }
     let secret = std::env::temp_dir().join(format!("ferrolb-secret-{}", std::process::id()));
@@ -336,7 +325,7 @@ async fn wait_answerers(lab: &Lab, vip: std::net::Ipv4Addr, want: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_policy_node_selector_interfaces_exclusion_and_sharing() {
-    if !prerequisites() {
+    if !common::lab_prerequisites() {
         return;
     }
     let lab = Lab::up(3).await.expect("lab up");

@@ -37,21 +37,6 @@ enum Cmd {
     },
 }
 
-async fn stopped() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match run(Args::parse()).await {
@@ -85,7 +70,7 @@ async fn run(args: Args) -> Result<(), lab::netns::LabError> {
             }
             println!("client: ip netns exec {} ... ({} / {})", t.client.namespace, t.client.ipv4, t.client.ipv6);
             println!("stop with Ctrl-C or `ferrolb-lab down --state-file FILE`");
-            stopped().await;
+            ferrolb_crds::runtime::shutdown_signal().await;
             drop(running);
             drop(lab);
             if let Some(path) = &state_file {

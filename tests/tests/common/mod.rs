@@ -197,3 +197,15 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, St
     let code = out.split_whitespace().nth(1)?.parse().ok()?;
     Some((code, out))
 }
+
+/// Whether the lab can run here; under CI=true it must (a missing prerequisite fails the test).
+pub fn lab_prerequisites() -> bool {
+    match ferrolb_tests::lab::netns::check_prerequisites() {
+        Ok(()) => true,
+        Err(e) if in_ci() => panic!("the lab cannot run under CI=true: {e}"),
+        Err(e) => {
+            eprintln!("SKIPPED: {e}");
+            false
+        }
+    }
+}
