@@ -4,5 +4,6 @@
 pub mod agent;
 pub mod cluster;
 pub mod election;
+pub mod forwarding;
 pub mod l2;
 pub mod membership;
