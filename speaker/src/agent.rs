@@ -29,6 +29,7 @@ use ferrolb_crds::events::Recorder;
 
 use crate::cluster::desired::{self, Cluster};
 use crate::cluster::views;
+use crate::forwarding;
 use crate::l2::interfaces::{self, Interface};
 use crate::l2::responder::{Responder, Seen};
 use crate::membership::heartbeat::Heartbeat;
@@ -50,6 +51,8 @@ pub struct Config {
     pub timings: Timings,
     /// How long a speaker Lease lasts without renewal.
     pub lease_duration: Duration,
+    /// Program nftables forwarding (`--forwarding nftables`).
+    pub forwarding: bool,
 }
 
 /// Labels naming an address.
@@ -78,6 +81,10 @@ pub struct Metrics {
     pub conflicts: Counter,
     /// Heartbeats refused (forged, replayed, stale, malformed).
     pub refused: Gauge,
+    /// nftables transactions applied.
+    pub nft_applies: Counter,
+    /// Times the table was found changed by someone else and put back.
+    pub nft_repairs: Counter,
 }
 
 impl Metrics {
@@ -200,6 +207,8 @@ pub async fn run(
         });
     }
 
+    let (rules_tx, rules_rx) = tokio::sync::watch::channel(String::new());
+    let forwarder = cfg.forwarding.then(|| tokio::spawn(forward(rules_rx, metrics.clone())));
     let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
     let mut state = State {
         cfg: cfg.clone(),
@@ -256,6 +265,21 @@ pub async fn run(
         let cluster = snapshot(&services, &slices, &nodes, &pools);
         state.apply(&desired::decide(&cluster, &alive));
         state.ensure_conditions(&services);
+        if cfg.forwarding {
+            let model = forwarding::model::build(
+                services.state().iter().map(|s| &**s),
+                slices.state().iter().map(|s| &**s),
+                &cfg.node,
+            );
+            let text = forwarding::render::render(&model);
+            rules_tx.send_if_modified(|current| {
+                if *current == text {
+                    return false;
+                }
+                *current = text;
+                true
+            });
+        }
     }
 
     // Hand over: tell the peers we are leaving, keep answering until another node has announced
@@ -279,7 +303,46 @@ pub async fn run(
     }
     drop(state);
     tasks.shutdown().await;
+    if let Some(f) = forwarder {
+        f.abort();
+        if let Err(e) = forwarding::nft::remove().await {
+            tracing::warn!(error = %e, "could not remove the nftables table");
+        }
+    }
     Ok(())
+}
+
+/// Applies every new ruleset (the latest wins, so bursts coalesce) and puts the table back when
+/// someone else changed or deleted it.
+async fn forward(mut rules: tokio::sync::watch::Receiver<String>, metrics: Metrics) {
+    let mut applied: Option<String> = None;
+    let mut check = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            changed = rules.changed() => if changed.is_err() { return },
+            _ = check.tick() => {
+                let Some(expected) = &applied else { continue };
+                match forwarding::nft::current().await {
+                    Ok(now) if now == *expected => continue,
+                    Ok(_) | Err(_) => {
+                        tracing::warn!("ferrolb's nftables table was changed by someone else; repairing it");
+                        metrics.nft_repairs.inc();
+                    }
+                }
+            }
+        }
+        let text = rules.borrow_and_update().clone();
+        if text.is_empty() {
+            continue;
+        }
+        match forwarding::nft::apply(&text).await {
+            Ok(()) => {
+                metrics.nft_applies.inc();
+                applied = forwarding::nft::current().await.ok();
+            }
+            Err(e) => tracing::error!(error = %e, "could not program nftables"),
+        }
+    }
 }
 
 fn snapshot(

@@ -120,6 +120,7 @@ async fn run(args: Args) -> Result<(), telemetry::Error> {
             grace: Duration::from_millis(args.startup_settle_ms),
         },
         lease_duration: Duration::from_secs(args.lease_seconds.max(3)),
+        forwarding: args.forwarding == Forwarding::Nftables,
     };
     agent::run(client, cfg, metrics, telemetry::shutdown_signal()).await?;
     Ok(())

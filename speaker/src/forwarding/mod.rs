@@ -1,5 +1,7 @@
 //! Forwarding (`--forwarding nftables`): the ruleset that feeds `VIP:port` and
-//! `node address:nodePort` into a Service's endpoints. `render` is pure; applying it is issue #5's
-//! next step.
+//! `node address:nodePort` into a Service's endpoints. `model` and `render` are pure; `nft`
+//! applies the result.
 
+pub mod model;
+pub mod nft;
 pub mod render;

@@ -115,7 +115,8 @@ impl Lab {
         Ok(Proc { child })
     }
 
-    /// Starts the speaker of node `i` (0-based) inside its namespace, with `extra` flags.
+    /// Starts the speaker of node `i` (0-based) inside its namespace, with `extra` flags
+    /// (forwarding is the product default, nftables, unless `extra` says `--forwarding none`).
     pub fn start_speaker(&self, i: usize, extra: &[&str]) -> Result<Proc, LabError> {
         let node = &self.topology.nodes[i];
         let log = std::fs::File::create(self.dir.join(format!("speaker-{}.log", node.name)))?;
@@ -123,7 +124,7 @@ impl Lab {
             .args(["netns", "exec", &node.namespace])
             .arg(binary("ferrolb-speaker")?)
             .args(["--kubeconfig", &self.node_kubeconfig().to_string_lossy(), "--node-name", &node.name])
-            .args(["--namespace", "ferrolb-system", "--peer-port", "7946", "--forwarding", "none"])
+            .args(["--namespace", "ferrolb-system", "--peer-port", "7946"])
             .args(["--metrics-addr", "127.0.0.1:7474", "--health-addr", "127.0.0.1:7474"])
             .args(extra)
             .stdout(Stdio::from(log))

@@ -1,0 +1,56 @@
+//! Applies the rendered table with `nft -f -` (one atomic transaction, as kube-proxy's nftables
+//! mode does), reads it back to notice changes made by others, and removes it.
+
+use std::process::Stdio;
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use super::render::TABLE;
+
+/// Why nft failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    /// `nft` could not be run.
+    #[error("running nft: {0}")]
+    Io(#[from] std::io::Error),
+    /// `nft` refused the input.
+    #[error("nft failed: {0}")]
+    Refused(String),
+}
+
+async fn nft(args: &[&str], input: Option<&str>) -> Result<String, NftError> {
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(text.as_bytes()).await?;
+    }
+    let out = child.wait_with_output().await?;
+    if !out.status.success() {
+        return Err(NftError::Refused(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Replaces ferrolb's table with `ruleset` atomically.
+pub async fn apply(ruleset: &str) -> Result<(), NftError> {
+    nft(&["-f", "-"], Some(ruleset)).await.map(|_| ())
+}
+
+/// The table as the kernel has it now (to notice changes made by others).
+pub async fn current() -> Result<String, NftError> {
+    nft(&["list", "table", "inet", TABLE], None).await
+}
+
+/// Removes ferrolb's table (on exit, or with `--forwarding none`).
+pub async fn remove() -> Result<(), NftError> {
+    match nft(&["delete", "table", "inet", TABLE], None).await {
+        Ok(_) => Ok(()),
+        Err(NftError::Refused(e)) if e.contains("No such file") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
