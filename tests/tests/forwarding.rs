@@ -125,3 +125,151 @@ async fn vip_traffic_reaches_the_backends_with_cluster_and_local_policy() {
         assert!(!listed.contains("ferrolb"), "{} still has the table", n.name);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_ports_ipv6_refusal_source_ranges_deletion_and_repair() {
+    if !common::lab_prerequisites() {
+        return;
+    }
+    let lab = Lab::up(3).await.expect("lab up");
+    let _running = lab.start_cluster().await.unwrap();
+    let client = lab.client().await.unwrap();
+    let pool = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "lan"},
+        "spec": {"addresses": ["198.51.100.200-198.51.100.210", "2001:db8:100::200-2001:db8:100::210"]}});
+    Api::<ferrolb_crds::IPPool>::all(client.clone())
+        .patch("lan", &PatchParams::apply("lab"), &Patch::Apply(pool))
+        .await
+        .unwrap();
+    let api: Api<Service> = Api::namespaced(client.clone(), "default");
+    let svc: Service = serde_json::from_value(json!({"metadata": {"name": "echo"}, "spec": {"type": "LoadBalancer", "ipFamilyPolicy": "RequireDualStack",
+        "selector": {"app": "echo"}, "ports": [{"name": "tcp", "port": 80, "targetPort": 8080}, {"name": "udp", "port": 80, "protocol": "UDP", "targetPort": 8080}]}})).unwrap();
+    api.create(&PostParams::default(), &svc).await.unwrap();
+    let (v4, v6): (IpAddr, IpAddr) =
+        common::eventually("echo to get both addresses", Duration::from_secs(20), || async {
+            let ips: Vec<IpAddr> = api
+                .get("echo")
+                .await
+                .ok()?
+                .status?
+                .load_balancer?
+                .ingress?
+                .iter()
+                .filter_map(|i| i.ip.as_deref()?.parse().ok())
+                .collect();
+            (ips.len() == 2).then(|| (ips[0], ips[1]))
+        })
+        .await;
+    let ns = lab.topology.client.namespace.clone();
+    let reach = |addr: SocketAddr| {
+        let ns = ns.clone();
+        async move { tokio::task::spawn_blocking(move || tcp_once(&ns, addr)).await.unwrap() }
+    };
+    // IPv6 VIP.
+    let got = common::eventually("the IPv6 VIP to answer", Duration::from_secs(30), || async {
+        reach(SocketAddr::new(v6, 80)).await
+    })
+    .await;
+    assert!(got.starts_with("pod=echo-node-"), "{got}");
+    // nodeIP:nodePort directly, on a node that does not announce the VIP.
+    let node_port = api.get("echo").await.unwrap().spec.unwrap().ports.unwrap()[0].node_port.unwrap();
+    let node3 = SocketAddr::new(lab.topology.nodes[2].ipv4.into(), u16::try_from(node_port).unwrap());
+    let got =
+        common::eventually("the NodePort to answer", Duration::from_secs(20), || async { reach(node3).await }).await;
+    assert!(got.starts_with("pod=echo-node-"), "{got}");
+
+    // A Service without endpoints is refused at once, not black-holed.
+    let empty: Service = serde_json::from_value(json!({"metadata": {"name": "empty"}, "spec": {"type": "LoadBalancer", "selector": {"app": "none"}, "ports": [{"name": "tcp", "port": 80}]}})).unwrap();
+    api.create(&PostParams::default(), &empty).await.unwrap();
+    let empty_vip: IpAddr = common::eventually("empty to get an address", Duration::from_secs(20), || async {
+        api.get("empty").await.ok()?.status?.load_balancer?.ingress?.first()?.ip.as_deref()?.parse().ok()
+    })
+    .await;
+    let refused = common::eventually(
+        "a connection to a Service without endpoints to be refused",
+        Duration::from_secs(20),
+        || {
+            let ns = ns.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    netns::in_ns(&ns, || {
+                        let t = std::time::Instant::now();
+                        let r = std::net::TcpStream::connect_timeout(
+                            &SocketAddr::new(empty_vip, 80),
+                            Duration::from_secs(2),
+                        );
+                        matches!(r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused).then(|| t.elapsed())
+                    })
+                    .ok()
+                    .flatten()
+                })
+                .await
+                .unwrap()
+            }
+        },
+    )
+    .await;
+    // Once the address is announced and the rules are in, a refusal takes no retransmission.
+    let _ = refused;
+    let ns2 = ns.clone();
+    let again = tokio::task::spawn_blocking(move || {
+        netns::in_ns(&ns2, || {
+            let t = std::time::Instant::now();
+            let r = std::net::TcpStream::connect_timeout(&SocketAddr::new(empty_vip, 80), Duration::from_secs(2));
+            (matches!(r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused), t.elapsed())
+        })
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(again.0 && again.1 < Duration::from_millis(500), "refused: {}, after {:?}", again.0, again.1);
+
+    // loadBalancerSourceRanges: a range without the client blocks it; with it, it works again.
+    api.patch(
+        "echo",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"loadBalancerSourceRanges": ["192.0.2.0/24"]}})),
+    )
+    .await
+    .unwrap();
+    common::eventually("the client to be blocked", Duration::from_secs(20), || async {
+        reach(SocketAddr::new(v4, 80)).await.is_none().then_some(())
+    })
+    .await;
+    api.patch(
+        "echo",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"loadBalancerSourceRanges": ["198.51.100.0/24", "2001:db8:100::/64"]}})),
+    )
+    .await
+    .unwrap();
+    common::eventually("the client to be let in", Duration::from_secs(20), || async {
+        reach(SocketAddr::new(v4, 80)).await
+    })
+    .await;
+
+    // A rule deleted by hand is put back.
+    let announcer = lab.topology.nodes.iter().map(|n| n.namespace.clone()).find(|n| {
+        netns::exec(n, "nft", &["list", "map", "inet", "ferrolb", "vips_v4"]).is_ok_and(|m| m.contains(&v4.to_string()))
+    });
+    let any_node = announcer.unwrap_or_else(|| lab.topology.nodes[0].namespace.clone());
+    netns::exec(&any_node, "nft", &["flush", "chain", "inet", "ferrolb", "nat_prerouting"]).unwrap();
+    common::eventually("the flushed chain to be repaired", Duration::from_secs(10), || async {
+        let chain = netns::exec(&any_node, "nft", &["list", "chain", "inet", "ferrolb", "nat_prerouting"]).ok()?;
+        chain.contains("vmap @vips_v4").then_some(())
+    })
+    .await;
+
+    // Deleting a Service removes its rules everywhere.
+    api.delete("echo", &Default::default()).await.unwrap();
+    common::eventually("echo's rules to go", Duration::from_secs(20), || async {
+        lab.topology
+            .nodes
+            .iter()
+            .all(|n| {
+                netns::exec(&n.namespace, "nft", &["list", "table", "inet", "ferrolb"])
+                    .is_ok_and(|t| !t.contains(&v4.to_string()))
+            })
+            .then_some(())
+    })
+    .await;
+}

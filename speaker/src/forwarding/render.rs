@@ -220,13 +220,15 @@ pub fn render(services: &[Service]) -> String {
     );
     for (name, hook) in [("filter_input", "input"), ("filter_forward", "forward"), ("filter_output", "output")] {
         let _ = writeln!(out, "\tchain {name} {{\n\t\ttype filter hook {hook} priority -10; policy accept;");
-        let _ = writeln!(out, "\t\tct state new ip daddr . meta l4proto . th dport @refused_v4 reject");
-        let _ = writeln!(out, "\t\tct state new ip6 daddr . meta l4proto . th dport @refused_v6 reject");
+        // TCP gets a reset (not rate-limited, unlike ICMP errors); the rest port-unreachable.
+        let mut matches =
+            vec!["ip daddr . meta l4proto . th dport @refused_v4", "ip6 daddr . meta l4proto . th dport @refused_v6"];
         if hook == "input" {
-            let _ = writeln!(
-                out,
-                "\t\tct state new fib daddr type local meta l4proto . th dport @refused_nodeports reject"
-            );
+            matches.push("fib daddr type local meta l4proto . th dport @refused_nodeports");
+        }
+        for m in matches {
+            let _ = writeln!(out, "\t\tct state new {m} meta l4proto tcp reject with tcp reset");
+            let _ = writeln!(out, "\t\tct state new {m} reject");
         }
         let _ = writeln!(out, "\t}}");
     }
