@@ -90,6 +90,72 @@ async fn vip_traffic_reaches_the_backends_with_cluster_and_local_policy() {
     .unwrap();
     assert!(udp.is_some_and(|a| a.starts_with("pod=echo-node-")), "UDP through the VIP");
 
+    // An endpoint that turns unready gets no new connections.
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let mut slice = slices.get("echo-ipv4").await.unwrap();
+    for e in slice.endpoints.iter_mut().flatten() {
+        if e.node_name.as_deref() == Some("node-3") {
+            e.conditions.get_or_insert_with(Default::default).ready = Some(false);
+        }
+    }
+    slices.replace("echo-ipv4", &PostParams::default(), &slice).await.unwrap();
+    common::eventually("node-3's pod to stop getting connections", Duration::from_secs(20), || {
+        let ns = ns.clone();
+        async move {
+            let answers: Vec<String> =
+                tokio::task::spawn_blocking(move || (0..30).filter_map(|_| tcp_once(&ns, target)).collect())
+                    .await
+                    .ok()?;
+            (answers.len() == 30 && answers.iter().all(|a| !a.starts_with("pod=echo-node-3 "))).then_some(())
+        }
+    })
+    .await;
+
+    // A second Service shares the VIP on another port and reaches its own backends.
+    let _other = lab.start_backends("other", 9090).await.unwrap();
+    api.patch(
+        "echo",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"ferrolb.io/sharing-key": "shared"}}})),
+    )
+    .await
+    .unwrap();
+    let other: Service = serde_json::from_value(json!({"metadata": {"name": "other", "annotations": {"ferrolb.io/sharing-key": "shared"}},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "other"}, "ports": [{"name": "tcp", "port": 81, "targetPort": 9090}]}})).unwrap();
+    api.create(&PostParams::default(), &other).await.unwrap();
+    let other_vip: IpAddr = common::eventually("other to get an address", Duration::from_secs(20), || async {
+        api.get("other").await.ok()?.status?.load_balancer?.ingress?.first()?.ip.as_deref()?.parse().ok()
+    })
+    .await;
+    assert_eq!(other_vip, vip, "the sharing key gives the same address");
+    let got = common::eventually("port 81 to reach the other backends", Duration::from_secs(20), || {
+        let ns = ns.clone();
+        async move { tokio::task::spawn_blocking(move || tcp_once(&ns, SocketAddr::new(vip, 81))).await.ok()? }
+    })
+    .await;
+    assert!(got.starts_with("pod=other-node-"), "{got}");
+    let got = tokio::task::spawn_blocking({
+        let ns = ns.clone();
+        move || tcp_once(&ns, target)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(got.starts_with("pod=echo-node-"), "{got}");
+    // Sharing needs the same traffic policy; end it before echo turns Local.
+    api.delete("other", &Default::default()).await.unwrap();
+    common::eventually("other's rules to go", Duration::from_secs(20), || {
+        let ns = ns.clone();
+        async move {
+            tokio::task::spawn_blocking(move || tcp_once(&ns, SocketAddr::new(vip, 81)))
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+
     // Local: only the announcing node's pod, and it sees the client itself.
     api.patch("echo", &PatchParams::default(), &Patch::Merge(json!({"spec": {"externalTrafficPolicy": "Local"}})))
         .await
