@@ -85,6 +85,8 @@ pub struct Metrics {
     pub nft_applies: Counter,
     /// Times the table was found changed by someone else and put back.
     pub nft_repairs: Counter,
+    /// Base chains of other tables that drop forwarded or NodePort traffic.
+    pub firewall_blocking: Gauge,
 }
 
 impl Metrics {
@@ -113,6 +115,17 @@ impl Metrics {
             "ferrolb_speaker_heartbeats_refused",
             "Heartbeats refused (forged, replayed, stale)",
             self.refused.clone(),
+        );
+        r.register("ferrolb_speaker_nft_applies", "nftables transactions applied", self.nft_applies.clone());
+        r.register(
+            "ferrolb_speaker_nft_repairs",
+            "Times ferrolb's nftables table was changed by others and repaired",
+            self.nft_repairs.clone(),
+        );
+        r.register(
+            "ferrolb_speaker_firewall_blocking_chains",
+            "Chains of other tables whose drop policy blocks forwarded or NodePort traffic",
+            self.firewall_blocking.clone(),
         );
     }
 }
@@ -208,7 +221,12 @@ pub async fn run(
     }
 
     let (rules_tx, rules_rx) = tokio::sync::watch::channel(String::new());
-    let forwarder = cfg.forwarding.then(|| tokio::spawn(forward(rules_rx, metrics.clone())));
+    let firewall = Firewall {
+        client: client.clone(),
+        node: cfg.node.clone(),
+        recorder: Recorder::new(client.clone(), "ferrolb-speaker", &cfg.node),
+    };
+    let forwarder = cfg.forwarding.then(|| tokio::spawn(forward(rules_rx, metrics.clone(), firewall)));
     let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
     let mut state = State {
         cfg: cfg.clone(),
@@ -312,15 +330,47 @@ pub async fn run(
     Ok(())
 }
 
+/// Where firewall findings are reported.
+struct Firewall {
+    client: Client,
+    node: String,
+    recorder: Recorder,
+}
+
+impl Firewall {
+    /// Looks for drop policies of other tables; reports a new finding once (log and Event on the
+    /// Node), and keeps the metric current.
+    async fn check(&self, metrics: &Metrics, reported: &mut Vec<String>) {
+        let Ok(json) = forwarding::nft::chains_json().await else { return };
+        let found = forwarding::firewall::blocking_chains(&json);
+        metrics.firewall_blocking.set(found.len() as i64);
+        if found.is_empty() || found == *reported {
+            *reported = found;
+            return;
+        }
+        let message = format!(
+            "the host firewall may drop traffic ferrolb forwards to Service endpoints: {} (see docs/FORWARDING.md, \"Host firewalls\")",
+            found.join("; ")
+        );
+        tracing::warn!(chains = ?found, "{message}");
+        if let Ok(node) = Api::<Node>::all(self.client.clone()).get(&self.node).await {
+            let _ = self.recorder.publish(&node.object_ref(&()), true, "ForwardingBlocked", "Forward", &message).await;
+        }
+        *reported = found;
+    }
+}
+
 /// Applies every new ruleset (the latest wins, so bursts coalesce) and puts the table back when
 /// someone else changed or deleted it.
-async fn forward(mut rules: tokio::sync::watch::Receiver<String>, metrics: Metrics) {
+async fn forward(mut rules: tokio::sync::watch::Receiver<String>, metrics: Metrics, firewall: Firewall) {
     let mut applied: Option<String> = None;
     let mut check = tokio::time::interval(Duration::from_secs(2));
+    let mut reported: Vec<String> = Vec::new();
     loop {
         tokio::select! {
             changed = rules.changed() => if changed.is_err() { return },
             _ = check.tick() => {
+                firewall.check(&metrics, &mut reported).await;
                 let Some(expected) = &applied else { continue };
                 match forwarding::nft::current().await {
                     Ok(now) if now == *expected => continue,

@@ -324,6 +324,55 @@ async fn node_ports_ipv6_refusal_source_ranges_deletion_and_repair() {
         chain.contains("vmap @vips_v4").then_some(())
     })
     .await;
+    let ns_r = any_node.clone();
+    let metrics = tokio::task::spawn_blocking(move || {
+        ferrolb_tests::lab::probe::http_get_in(&ns_r, "127.0.0.1:7474".parse().unwrap(), "/metrics").unwrap_or_default()
+    })
+    .await
+    .unwrap();
+    let repairs: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("ferrolb_speaker_nft_repairs_total "))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(repairs >= 1.0, "the repair was not counted: {metrics}");
+
+    // A FORWARD policy of drop (as Docker sets) on a node is noticed and reported, never changed.
+    let n1 = lab.topology.nodes[0].namespace.clone();
+    netns::exec(&n1, "nft", &["add", "table", "ip", "filter"]).unwrap();
+    netns::exec(
+        &n1,
+        "nft",
+        &["add", "chain", "ip", "filter", "FORWARD", "{ type filter hook forward priority 0; policy drop; }"],
+    )
+    .unwrap();
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    let message = common::eventually("a ForwardingBlocked Warning on node-1", Duration::from_secs(15), || async {
+        let lp = kube::api::ListParams::default().fields("involvedObject.name=node-1,involvedObject.kind=Node");
+        events
+            .list(&lp)
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("ForwardingBlocked"))?
+            .message
+    })
+    .await;
+    assert!(message.contains("ip filter FORWARD: hook forward, policy drop"), "{message}");
+    let listed = netns::exec(&n1, "nft", &["list", "chain", "ip", "filter", "FORWARD"]).unwrap();
+    assert!(listed.contains("policy drop"), "ferrolb must not rewrite rules it does not own");
+    let metrics = tokio::task::spawn_blocking({
+        let n1 = n1.clone();
+        move || {
+            ferrolb_tests::lab::probe::http_get_in(&n1, "127.0.0.1:7474".parse().unwrap(), "/metrics")
+                .unwrap_or_default()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(metrics.contains("ferrolb_speaker_firewall_blocking_chains 1"), "{metrics}");
+    netns::exec(&n1, "nft", &["delete", "table", "ip", "filter"]).unwrap();
 
     // Deleting a Service removes its rules everywhere.
     api.delete("echo", &Default::default()).await.unwrap();

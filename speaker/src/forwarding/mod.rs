@@ -2,6 +2,7 @@
 //! `node address:nodePort` into a Service's endpoints. `model` and `render` are pure; `nft`
 //! applies the result.
 
+pub mod firewall;
 pub mod model;
 pub mod nft;
 pub mod render;

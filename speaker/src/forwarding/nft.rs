@@ -46,6 +46,11 @@ pub async fn current() -> Result<String, NftError> {
     nft(&["list", "table", "inet", TABLE], None).await
 }
 
+/// Every chain on this host, as `nft -j list chains` prints them (for the firewall check).
+pub async fn chains_json() -> Result<String, NftError> {
+    nft(&["-j", "list", "chains"], None).await
+}
+
 /// Removes ferrolb's table (on exit, or with `--forwarding none`).
 pub async fn remove() -> Result<(), NftError> {
     match nft(&["delete", "table", "inet", TABLE], None).await {
