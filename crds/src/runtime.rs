@@ -21,6 +21,9 @@ pub enum Error {
     /// The kubeconfig could not be read or used.
     #[error("kubeconfig: {0}")]
     Kubeconfig(String),
+    /// A flag's value cannot be used.
+    #[error("configuration: {0}")]
+    Config(String),
     /// The API server refused or could not be reached.
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),

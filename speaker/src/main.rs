@@ -88,7 +88,7 @@ async fn run(args: Args) -> Result<(), telemetry::Error> {
             let secret = std::fs::read(path)?;
             let trimmed = secret.trim_ascii().to_vec();
             if trimmed.is_empty() {
-                return Err(telemetry::Error::Kubeconfig(format!("--peer-secret-file {} is empty", path.display())));
+                return Err(telemetry::Error::Config(format!("--peer-secret-file {} is empty", path.display())));
             }
             Some(trimmed)
         }
