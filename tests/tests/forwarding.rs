@@ -156,6 +156,26 @@ async fn vip_traffic_reaches_the_backends_with_cluster_and_local_policy() {
     })
     .await;
 
+    // sessionAffinity ClientIP: every connection of the client goes to one pod.
+    api.patch("echo", &PatchParams::default(), &Patch::Merge(json!({"spec": {"sessionAffinity": "ClientIP"}})))
+        .await
+        .unwrap();
+    common::eventually("ClientIP affinity to pin the client to one pod", Duration::from_secs(20), || {
+        let ns = ns.clone();
+        async move {
+            let answers: Vec<String> =
+                tokio::task::spawn_blocking(move || (0..20).filter_map(|_| tcp_once(&ns, target)).collect())
+                    .await
+                    .ok()?;
+            let pods: BTreeSet<&str> = answers.iter().filter_map(|a| a.split_whitespace().next()).collect();
+            (answers.len() == 20 && pods.len() == 1).then_some(())
+        }
+    })
+    .await;
+    api.patch("echo", &PatchParams::default(), &Patch::Merge(json!({"spec": {"sessionAffinity": "None"}})))
+        .await
+        .unwrap();
+
     // Local: only the announcing node's pod, and it sees the client itself.
     api.patch("echo", &PatchParams::default(), &Patch::Merge(json!({"spec": {"externalTrafficPolicy": "Local"}})))
         .await

@@ -28,6 +28,7 @@ fn sample(endpoints: usize) -> Vec<Service> {
             ],
             local: i == 1,
             source_ranges: if i == 2 { vec!["198.51.100.0/24".parse().unwrap()] } else { vec![] },
+            affinity: (i == 0).then_some(60),
         })
         .collect()
 }

@@ -79,7 +79,15 @@ pub fn build<'a>(
             .collect();
         let source_ranges =
             spec.load_balancer_source_ranges.iter().flatten().filter_map(|r| r.trim().parse().ok()).collect();
-        out.push(Service { key: view.key, vips: view.ips, ports, local: view.local, source_ranges });
+        let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            let t = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds);
+            t.and_then(|t| u32::try_from(t).ok()).unwrap_or(10_800)
+        });
+        out.push(Service { key: view.key, vips: view.ips, ports, local: view.local, source_ranges, affinity });
     }
     out.sort_by(|a, b| a.key.cmp(&b.key));
     out

@@ -67,6 +67,8 @@ pub struct Service {
     pub local: bool,
     /// `loadBalancerSourceRanges` (empty: everyone).
     pub source_ranges: Vec<IpNetwork>,
+    /// `sessionAffinity: ClientIP` with its timeout in seconds.
+    pub affinity: Option<u32>,
 }
 
 fn fam(ip: &IpAddr) -> &'static str {
@@ -94,6 +96,7 @@ pub fn render(services: &[Service]) -> String {
     let mut refused = [Vec::new(), Vec::new()];
     let mut refused_np = Vec::new();
     let mut chains = String::new();
+    let mut affinity_sets = String::new();
     for (si, svc) in services.iter().enumerate() {
         for (pi, p) in svc.ports.iter().enumerate() {
             for f in [false, true] {
@@ -136,6 +139,19 @@ pub fn render(services: &[Service]) -> String {
                     let _ = writeln!(chains, "\t\tmeta mark set meta mark | {MASQ_MARK:#x}");
                 }
                 let l4 = p.proto.nft();
+                let sticky = svc.affinity.filter(|_| eps.len() > 1);
+                let saddr = if f { "ip6 saddr" } else { "ip saddr" };
+                if let Some(timeout) = sticky {
+                    // ClientIP affinity: a client seen recently goes back to its endpoint.
+                    let t = if f { "ipv6_addr" } else { "ipv4_addr" };
+                    for i in 0..eps.len() {
+                        let _ = writeln!(
+                            affinity_sets,
+                            "\tset {chain}_ep{i}_aff {{\n\t\ttype {t}\n\t\tflags dynamic,timeout\n\t\ttimeout {timeout}s\n\t}}"
+                        );
+                        let _ = writeln!(chains, "\t\t{saddr} @{chain}_ep{i}_aff goto {chain}_ep{i}");
+                    }
+                }
                 if eps.len() == 1 {
                     let _ = writeln!(
                         chains,
@@ -151,9 +167,13 @@ pub fn render(services: &[Service]) -> String {
                 let _ = writeln!(chains, "\t}}");
                 if eps.len() > 1 {
                     for (i, (ip, port)) in eps.iter().enumerate() {
+                        let remember = match sticky {
+                            Some(_) => format!("\t\tupdate @{chain}_ep{i}_aff {{ {saddr} }}\n"),
+                            None => String::new(),
+                        };
                         let _ = writeln!(
                             chains,
-                            "\tchain {chain}_ep{i} {{\n\t\tmeta l4proto {l4} dnat {} to {}\n\t}}",
+                            "\tchain {chain}_ep{i} {{\n{remember}\t\tmeta l4proto {l4} dnat {} to {}\n\t}}",
                             fam(ip),
                             target(ip, *port)
                         );
@@ -232,6 +252,7 @@ pub fn render(services: &[Service]) -> String {
         }
         let _ = writeln!(out, "\t}}");
     }
+    out.push_str(&affinity_sets);
     out.push_str(&chains);
     out.push_str("}\n");
     out
@@ -257,6 +278,7 @@ mod tests {
             }],
             local: false,
             source_ranges: vec![],
+            affinity: None,
         }
     }
 
@@ -291,6 +313,21 @@ mod tests {
         assert!(text.contains("elements = { 198.51.100.200 . tcp . 80 }"), "{text}");
         assert!(text.contains("elements = { tcp . 30080 }"), "{text}");
         assert!(!text.contains("chain svc0"), "{text}");
+    }
+
+    #[test]
+    fn client_ip_affinity_remembers_the_endpoint() {
+        let mut sticky = web();
+        sticky.affinity = Some(10800);
+        let text = render(&[sticky]);
+        assert!(
+            text.contains(
+                "set svc0_p0_v4_ep1_aff {\n\t\ttype ipv4_addr\n\t\tflags dynamic,timeout\n\t\ttimeout 10800s"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("ip saddr @svc0_p0_v4_ep0_aff goto svc0_p0_v4_ep0"), "{text}");
+        assert!(text.contains("update @svc0_p0_v4_ep1_aff { ip saddr }"), "{text}");
     }
 
     #[test]
