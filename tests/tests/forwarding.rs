@@ -408,3 +408,82 @@ async fn node_ports_ipv6_refusal_source_ranges_deletion_and_repair() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_continue_through_a_failover() {
+    if !common::lab_prerequisites() {
+        return;
+    }
+    let lab = Lab::up(3).await.expect("lab up");
+    let mut running = lab.start_cluster().await.unwrap();
+    let client = lab.client().await.unwrap();
+    let pool = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "lan"}, "spec": {"addresses": ["198.51.100.200/32"]}});
+    Api::<ferrolb_crds::IPPool>::all(client.clone())
+        .patch("lan", &PatchParams::apply("lab"), &Patch::Apply(pool))
+        .await
+        .unwrap();
+    let svc: Service = serde_json::from_value(
+        json!({"metadata": {"name": "echo"}, "spec": {"type": "LoadBalancer", "selector": {"app": "echo"},
+        "ports": [{"name": "tcp", "port": 80, "targetPort": 8080}]}}),
+    )
+    .unwrap();
+    let api: Api<Service> = Api::namespaced(client.clone(), "default");
+    api.create(&PostParams::default(), &svc).await.unwrap();
+    let vip: IpAddr = "198.51.100.200".parse().unwrap();
+    let ns = lab.topology.client.namespace.clone();
+    let target = SocketAddr::new(vip, 80);
+    common::eventually("the VIP to answer", Duration::from_secs(30), || {
+        let ns = ns.clone();
+        async move { tokio::task::spawn_blocking(move || tcp_once(&ns, target)).await.ok()? }
+    })
+    .await;
+    let names: Vec<String> = lab.topology.nodes.iter().map(|n| n.name.clone()).collect();
+    let winner = ferrolb_speaker::election::winner(names.iter().map(String::as_str), &vip).unwrap().to_string();
+    let idx = names.iter().position(|n| *n == winner).unwrap();
+    // Its own pod leaves the endpoints first (as when a node is drained), so that what is measured
+    // is the announcement moving, not connections to a pod that died with its node.
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let mut slice = slices.get("echo-ipv4").await.unwrap();
+    for e in slice.endpoints.iter_mut().flatten() {
+        if e.node_name.as_deref() == Some(winner.as_str()) {
+            e.conditions.get_or_insert_with(Default::default).ready = Some(false);
+        }
+    }
+    slices.replace("echo-ipv4", &PostParams::default(), &slice).await.unwrap();
+    let dead_pod = format!("pod=echo-{winner} ");
+    common::eventually("the announcing node's pod to be drained", Duration::from_secs(20), || {
+        let (ns, dead_pod) = (ns.clone(), dead_pod.clone());
+        async move {
+            let answers: Vec<String> =
+                tokio::task::spawn_blocking(move || (0..20).filter_map(|_| tcp_once(&ns, target)).collect())
+                    .await
+                    .ok()?;
+            (answers.len() == 20 && answers.iter().all(|a| !a.starts_with(&dead_pod))).then_some(())
+        }
+    })
+    .await;
+    // A client opening connection after connection while the announcing node dies: its speaker is
+    // killed and its LAN link goes down, so nothing sent to it gets through any more.
+    let prober = tokio::task::spawn_blocking({
+        let ns = ns.clone();
+        move || {
+            let start = std::time::Instant::now();
+            let mut ok = Vec::new();
+            while start.elapsed() < Duration::from_secs(6) {
+                if tcp_once(&ns, target).is_some() {
+                    ok.push(start.elapsed());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            ok
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    running.speakers[idx].kill();
+    netns::ip_in(&lab.topology.nodes[idx].namespace, &["link", "set", "eth0", "down"]).unwrap();
+    let ok = prober.await.unwrap();
+    let gap = ok.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+    eprintln!("longest gap between successful connections through the failover: {gap:?} ({} connections)", ok.len());
+    assert!(ok.iter().any(|t| *t > Duration::from_secs(3)), "connections did not resume after the failover");
+    assert!(gap < Duration::from_secs(3), "longest gap {gap:?}");
+}
