@@ -119,38 +119,44 @@ pub fn parse(frame: &[u8]) -> Option<Ndp> {
     }
 }
 
-/// A Neighbor Advertisement for `target` at `our_mac`, from `target` to `to_ip` via `to_mac`.
-/// Override is always set, so a takeover replaces the old entry at once.
-pub fn advert(our_mac: Mac, target: Ipv6Addr, to_mac: Mac, to_ip: Ipv6Addr, solicited: bool) -> Vec<u8> {
-    const ICMP_LEN: usize = 24 + 8;
-    let mut buf = vec![0u8; 14 + 40 + ICMP_LEN];
+/// An Ethernet frame carrying one ICMPv6 message: `icmp` is the message with its checksum field
+/// zero; the checksum over the IPv6 pseudo-header is filled in here.
+fn icmpv6_frame(eth_src: Mac, eth_dst: Mac, src: Ipv6Addr, dst: Ipv6Addr, icmp: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; 54 + icmp.len()];
     {
         let mut eth = MutableEthernetPacket::new(&mut buf).expect("fits");
-        eth.set_destination(MacAddr::from(to_mac));
-        eth.set_source(MacAddr::from(our_mac));
+        eth.set_destination(MacAddr::from(eth_dst));
+        eth.set_source(MacAddr::from(eth_src));
         eth.set_ethertype(EtherTypes::Ipv6);
     }
     {
         let mut ip = MutableIpv6Packet::new(&mut buf[14..]).expect("fits");
         ip.set_version(6);
-        ip.set_payload_length(ICMP_LEN as u16);
+        ip.set_payload_length(icmp.len() as u16);
         ip.set_next_header(IpNextHeaderProtocols::Icmpv6);
+        // RFC 4861 requires 255 on every NDP message.
         ip.set_hop_limit(255);
-        ip.set_source(target);
-        ip.set_destination(to_ip);
+        ip.set_source(src);
+        ip.set_destination(dst);
     }
-    let icmp = &mut buf[54..];
+    buf[54..].copy_from_slice(icmp);
+    let sum = icmpv6::checksum(&Icmpv6Packet::new(&buf[54..]).expect("fits"), &src, &dst);
+    buf[56..58].copy_from_slice(&sum.to_be_bytes());
+    buf
+}
+
+/// A Neighbor Advertisement for `target` at `our_mac`, from `target` to `to_ip` via `to_mac`.
+/// Override is always set, so a takeover replaces the old entry at once.
+pub fn advert(our_mac: Mac, target: Ipv6Addr, to_mac: Mac, to_ip: Ipv6Addr, solicited: bool) -> Vec<u8> {
+    let mut icmp = [0u8; 32];
     icmp[0] = Icmpv6Types::NeighborAdvert.0;
-    icmp[1] = 0;
     // Flags: Router (0x80) no, Solicited (0x40) as asked, Override (0x20) yes.
     icmp[4] = if solicited { 0x60 } else { 0x20 };
     icmp[8..24].copy_from_slice(&target.octets());
     icmp[24] = NdpOptionTypes::TargetLLAddr.0;
     icmp[25] = 1;
     icmp[26..32].copy_from_slice(&our_mac);
-    let sum = icmpv6::checksum(&Icmpv6Packet::new(icmp).expect("fits"), &target, &to_ip);
-    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-    buf
+    icmpv6_frame(our_mac, to_mac, target, to_ip, &icmp)
 }
 
 /// An unsolicited advertisement to all nodes: the IPv6 counterpart of a gratuitous ARP.
@@ -182,28 +188,11 @@ pub fn solicit(
     with_source_ll: bool,
     unicast_to: Option<Mac>,
 ) -> Vec<u8> {
-    let icmp_len = if with_source_ll { 32 } else { 24 };
     let (dst_ip, dst_mac) = match unicast_to {
         Some(mac) => (target, mac),
         None => (solicited_node(target), multicast_mac(solicited_node(target))),
     };
-    let mut buf = vec![0u8; 54 + icmp_len];
-    {
-        let mut eth = MutableEthernetPacket::new(&mut buf).expect("fits");
-        eth.set_destination(MacAddr::from(dst_mac));
-        eth.set_source(MacAddr::from(our_mac));
-        eth.set_ethertype(EtherTypes::Ipv6);
-    }
-    {
-        let mut ip = MutableIpv6Packet::new(&mut buf[14..]).expect("fits");
-        ip.set_version(6);
-        ip.set_payload_length(icmp_len as u16);
-        ip.set_next_header(IpNextHeaderProtocols::Icmpv6);
-        ip.set_hop_limit(255);
-        ip.set_source(src);
-        ip.set_destination(dst_ip);
-    }
-    let icmp = &mut buf[54..];
+    let mut icmp = vec![0u8; if with_source_ll { 32 } else { 24 }];
     icmp[0] = Icmpv6Types::NeighborSolicit.0;
     icmp[8..24].copy_from_slice(&target.octets());
     if with_source_ll {
@@ -211,9 +200,7 @@ pub fn solicit(
         icmp[25] = 1;
         icmp[26..32].copy_from_slice(&our_mac);
     }
-    let sum = icmpv6::checksum(&Icmpv6Packet::new(icmp).expect("fits"), &src, &dst_ip);
-    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-    buf
+    icmpv6_frame(our_mac, dst_mac, src, dst_ip, &icmp)
 }
 
 #[cfg(test)]
