@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ferrolb_tests::lab::{Lab, netns, probe};
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use serde_json::json;
 
 const RUNS: usize = 20;
@@ -81,11 +81,7 @@ async fn main() {
     let lab = Lab::up(3).await.expect("lab up");
     lab.register_cluster().await.unwrap();
     let client = lab.client().await.unwrap();
-    let pool = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "lan"}, "spec": {"addresses": ["198.51.100.200/32"]}});
-    Api::<ferrolb_crds::IPPool>::all(client.clone())
-        .patch("lan", &PatchParams::apply("bench"), &Patch::Apply(pool))
-        .await
-        .unwrap();
+    lab.apply_pool("lan", json!({"addresses": ["198.51.100.200/32"]})).await.unwrap();
     let _controller = lab.start_controller().unwrap();
     let mut speakers: Vec<_> = (0..3).map(|i| lab.start_speaker(i, &[]).unwrap()).collect();
     let svc: Service = serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": {"type": "LoadBalancer", "selector": {"app": "web"}, "ports": [{"port": 80}]}})).unwrap();

@@ -49,17 +49,13 @@ async fn vip_traffic_reaches_the_backends_with_cluster_and_local_policy() {
     let lab = Lab::up(3).await.expect("lab up");
     let running = lab.start_cluster().await.unwrap();
     let client = lab.client().await.unwrap();
-    let pool = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "lan"}, "spec": {"addresses": ["198.51.100.200-198.51.100.210"]}});
-    Api::<ferrolb_crds::IPPool>::all(client.clone())
-        .patch("lan", &PatchParams::apply("lab"), &Patch::Apply(pool))
-        .await
-        .unwrap();
+    lab.apply_pool("lan", json!({"addresses": ["198.51.100.200-198.51.100.210"]})).await.unwrap();
     let svc: Service = serde_json::from_value(json!({"metadata": {"name": "echo"}, "spec": {"type": "LoadBalancer", "selector": {"app": "echo"},
         "ports": [{"name": "tcp", "port": 80, "targetPort": 8080}, {"name": "udp", "port": 80, "protocol": "UDP", "targetPort": 8080}]}})).unwrap();
     let api: Api<Service> = Api::namespaced(client.clone(), "default");
     api.create(&PostParams::default(), &svc).await.unwrap();
     let vip: IpAddr = common::eventually("echo to get an address", Duration::from_secs(20), || async {
-        api.get("echo").await.ok()?.status?.load_balancer?.ingress?.first()?.ip.as_deref()?.parse().ok()
+        lab.service_ips("echo").await.first().copied()
     })
     .await;
     let ns = lab.topology.client.namespace.clone();
@@ -124,7 +120,7 @@ async fn vip_traffic_reaches_the_backends_with_cluster_and_local_policy() {
         "spec": {"type": "LoadBalancer", "selector": {"app": "other"}, "ports": [{"name": "tcp", "port": 81, "targetPort": 9090}]}})).unwrap();
     api.create(&PostParams::default(), &other).await.unwrap();
     let other_vip: IpAddr = common::eventually("other to get an address", Duration::from_secs(20), || async {
-        api.get("other").await.ok()?.status?.load_balancer?.ingress?.first()?.ip.as_deref()?.parse().ok()
+        lab.service_ips("other").await.first().copied()
     })
     .await;
     assert_eq!(other_vip, vip, "the sharing key gives the same address");
@@ -220,12 +216,12 @@ async fn node_ports_ipv6_refusal_source_ranges_deletion_and_repair() {
     let lab = Lab::up(3).await.expect("lab up");
     let _running = lab.start_cluster().await.unwrap();
     let client = lab.client().await.unwrap();
-    let pool = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "lan"},
-        "spec": {"addresses": ["198.51.100.200-198.51.100.210", "2001:db8:100::200-2001:db8:100::210"]}});
-    Api::<ferrolb_crds::IPPool>::all(client.clone())
-        .patch("lan", &PatchParams::apply("lab"), &Patch::Apply(pool))
-        .await
-        .unwrap();
+    lab.apply_pool(
+        "lan",
+        json!({"addresses": ["198.51.100.200-198.51.100.210", "2001:db8:100::200-2001:db8:100::210"]}),
+    )
+    .await
+    .unwrap();
     let api: Api<Service> = Api::namespaced(client.clone(), "default");
     let svc: Service = serde_json::from_value(json!({"metadata": {"name": "echo"}, "spec": {"type": "LoadBalancer", "ipFamilyPolicy": "RequireDualStack",
         "selector": {"app": "echo"}, "ports": [{"name": "tcp", "port": 80, "targetPort": 8080}, {"name": "udp", "port": 80, "protocol": "UDP", "targetPort": 8080}]}})).unwrap();
@@ -267,7 +263,7 @@ async fn node_ports_ipv6_refusal_source_ranges_deletion_and_repair() {
     let empty: Service = serde_json::from_value(json!({"metadata": {"name": "empty"}, "spec": {"type": "LoadBalancer", "selector": {"app": "none"}, "ports": [{"name": "tcp", "port": 80}]}})).unwrap();
     api.create(&PostParams::default(), &empty).await.unwrap();
     let empty_vip: IpAddr = common::eventually("empty to get an address", Duration::from_secs(20), || async {
-        api.get("empty").await.ok()?.status?.load_balancer?.ingress?.first()?.ip.as_deref()?.parse().ok()
+        lab.service_ips("empty").await.first().copied()
     })
     .await;
     let refused = common::eventually(
@@ -417,11 +413,7 @@ async fn connections_continue_through_a_failover() {
     let lab = Lab::up(3).await.expect("lab up");
     let mut running = lab.start_cluster().await.unwrap();
     let client = lab.client().await.unwrap();
-    let pool = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "lan"}, "spec": {"addresses": ["198.51.100.200/32"]}});
-    Api::<ferrolb_crds::IPPool>::all(client.clone())
-        .patch("lan", &PatchParams::apply("lab"), &Patch::Apply(pool))
-        .await
-        .unwrap();
+    lab.apply_pool("lan", json!({"addresses": ["198.51.100.200/32"]})).await.unwrap();
     let svc: Service = serde_json::from_value(
         json!({"metadata": {"name": "echo"}, "spec": {"type": "LoadBalancer", "selector": {"app": "echo"},
         "ports": [{"name": "tcp", "port": 80, "targetPort": 8080}]}}),

@@ -29,12 +29,12 @@ async fn one_node_answers_and_another_takes_over_when_it_dies() {
     let lab = Lab::up(3).await.expect("lab up");
     lab.register_cluster().await.unwrap();
     let client = lab.client().await.unwrap();
-    let pool = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "lan"},
-        "spec": {"addresses": ["198.51.100.200-198.51.100.210", "2001:db8:100::200-2001:db8:100::210"]}});
-    Api::<ferrolb_crds::IPPool>::all(client.clone())
-        .patch("lan", &PatchParams::apply("lab"), &Patch::Apply(pool))
-        .await
-        .unwrap();
+    lab.apply_pool(
+        "lan",
+        json!({"addresses": ["198.51.100.200-198.51.100.210", "2001:db8:100::200-2001:db8:100::210"]}),
+    )
+    .await
+    .unwrap();
     let _controller = lab.start_controller().unwrap();
     let mut speakers: Vec<_> = (0..3).map(|i| lab.start_speaker(i, &[]).unwrap()).collect();
     let svc: Service = serde_json::from_value(json!({"metadata": {"name": "web"},
@@ -150,12 +150,7 @@ async fn lab_with_service(
     let lab = Lab::up(3).await.expect("lab up");
     lab.register_cluster().await.unwrap();
     let client = lab.client().await.unwrap();
-    let pool = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "lan"},
-        "spec": {"addresses": ["198.51.100.200-198.51.100.210"]}});
-    Api::<ferrolb_crds::IPPool>::all(client.clone())
-        .patch("lan", &PatchParams::apply("lab"), &Patch::Apply(pool))
-        .await
-        .unwrap();
+    lab.apply_pool("lan", json!({"addresses": ["198.51.100.200-198.51.100.210"]})).await.unwrap();
     let controller = lab.start_controller().unwrap();
     let speakers: Vec<_> = (0..3).map(|i| lab.start_speaker(i, speaker_flags).unwrap()).collect();
     let svc: Service = serde_json::from_value(json!({"metadata": {"name": "web"},
@@ -164,7 +159,10 @@ async fn lab_with_service(
     let api: Api<Service> = Api::namespaced(client.clone(), "default");
     api.create(&PostParams::default(), &svc).await.unwrap();
     let vip: std::net::Ipv4Addr = common::eventually("web to get an address", Duration::from_secs(20), || async {
-        api.get("web").await.ok()?.status?.load_balancer?.ingress?.first()?.ip.as_deref()?.parse().ok()
+        match lab.service_ips("web").await.first()? {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        }
     })
     .await;
     let names: Vec<String> = lab.topology.nodes.iter().map(|n| n.name.clone()).collect();
@@ -332,7 +330,6 @@ async fn local_policy_node_selector_interfaces_exclusion_and_sharing() {
     lab.register_cluster().await.unwrap();
     let client = lab.client().await.unwrap();
     let pools: Api<ferrolb_crds::IPPool> = Api::all(client.clone());
-    let pool = |name: &str, spec: serde_json::Value| json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool", "metadata": {"name": name}, "spec": spec});
     for (name, spec) in [
         ("lan", json!({"addresses": ["198.51.100.200-198.51.100.210"]})),
         (
@@ -341,7 +338,7 @@ async fn local_policy_node_selector_interfaces_exclusion_and_sharing() {
         ),
         ("ifs", json!({"addresses": ["198.51.100.230/32"], "autoAssign": false, "l2": {"interfaces": ["nomatch*"]}})),
     ] {
-        pools.patch(name, &PatchParams::apply("lab"), &Patch::Apply(pool(name, spec))).await.unwrap();
+        lab.apply_pool(name, spec).await.unwrap();
     }
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
     nodes

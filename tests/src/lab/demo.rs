@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use serde_json::json;
 
 use super::netns::LabError;
@@ -56,21 +56,15 @@ pub async fn run(say: impl Fn(&str)) -> Result<Outcome, LabError> {
     let _controller = lab.start_controller()?;
     let mut speakers = (0..3).map(|i| lab.start_speaker(i, &[])).collect::<Result<Vec<_>, _>>()?;
     say("creating IPPool lan (198.51.100.200-198.51.100.210) and Service demo/web (type LoadBalancer) ...");
-    let pool = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "lan"},
-        "spec": {"addresses": ["198.51.100.200-198.51.100.210"]}});
-    Api::<ferrolb_crds::IPPool>::all(client.clone())
-        .patch("lan", &PatchParams::apply("demo"), &Patch::Apply(pool))
-        .await
-        .map_err(|e| fail(e.to_string()))?;
+    lab.apply_pool("lan", json!({"addresses": ["198.51.100.200-198.51.100.210"]})).await?;
     let svc: Service = serde_json::from_value(json!({"metadata": {"name": "web"},
         "spec": {"type": "LoadBalancer", "selector": {"app": "web"}, "ports": [{"port": 80}]}}))
     .map_err(|e| fail(e.to_string()))?;
     let api: Api<Service> = Api::namespaced(client.clone(), "default");
     api.create(&PostParams::default(), &svc).await.map_err(|e| fail(e.to_string()))?;
-    let vip: IpAddr = until("an EXTERNAL-IP", Duration::from_secs(30), || async {
-        api.get("web").await.ok()?.status?.load_balancer?.ingress?.first()?.ip.as_deref()?.parse().ok()
-    })
-    .await?;
+    let vip: IpAddr =
+        until("an EXTERNAL-IP", Duration::from_secs(30), || async { lab.service_ips("web").await.first().copied() })
+            .await?;
     say(&format!("EXTERNAL-IP: {vip}"));
     let node_of_mac = |mac: &str| lab.topology.nodes.iter().find(|n| n.mac == mac).map(|n| n.name.clone());
     let c = lab.topology.client.clone();

@@ -8,7 +8,7 @@ use ferrolb_crds::IPPool;
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use super::Lab;
@@ -95,6 +95,30 @@ impl Lab {
             nodes.create(&PostParams::default(), &node).await.map_err(kube_err)?;
         }
         Ok(())
+    }
+
+    /// Creates or replaces IPPool `name` with `spec` (server-side apply).
+    pub async fn apply_pool(&self, name: &str, spec: serde_json::Value) -> Result<(), LabError> {
+        let body =
+            json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool", "metadata": {"name": name}, "spec": spec});
+        let pools: Api<IPPool> = Api::all(self.client().await?);
+        pools.patch(name, &PatchParams::apply("lab"), &Patch::Apply(body)).await.map_err(kube_err)?;
+        Ok(())
+    }
+
+    /// The addresses in the status of Service `default/name` (empty while it has none).
+    pub async fn service_ips(&self, name: &str) -> Vec<std::net::IpAddr> {
+        let Ok(client) = self.client().await else { return Vec::new() };
+        let Ok(svc) = Api::<k8s_openapi::api::core::v1::Service>::namespaced(client, "default").get(name).await else {
+            return Vec::new();
+        };
+        svc.status
+            .and_then(|s| s.load_balancer)
+            .and_then(|l| l.ingress)
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip?.parse().ok())
+            .collect()
     }
 
     /// Starts the controller on the host.
