@@ -251,11 +251,14 @@ pub async fn run(
     let mut tick = tokio::time::interval(cfg.timings.interval);
     let started = Instant::now();
     let mut settled = false;
+    // The forwarding depends on watched objects only, not on liveness: rebuild it when they
+    // change, not on every heartbeat tick.
+    let mut objects_changed = true;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = tick.tick() => state.heartbeat(&socket, &leases, false).await,
-            _ = changed.notified() => {}
+            _ = changed.notified() => objects_changed = true,
             Some(seen) = seen_rx.recv() => state.seen(seen),
             _ = &mut shutdown => break,
         }
@@ -283,7 +286,8 @@ pub async fn run(
         let cluster = snapshot(&services, &slices, &nodes, &pools);
         state.apply(&desired::decide(&cluster, &alive));
         state.ensure_conditions(&services);
-        if cfg.forwarding {
+        if cfg.forwarding && objects_changed {
+            objects_changed = false;
             let model = forwarding::model::build(
                 services.state().iter().map(|s| &**s),
                 slices.state().iter().map(|s| &**s),
