@@ -1,76 +1,142 @@
-//! The rendered ruleset is real nftables: the kernel accepts it in a namespace of its own, a
-//! second apply of the same text replaces the table atomically, and the maps hold what the
-//! Services say.
+//! The rendered ruleset is real nftables: the kernel accepts the whole table, re-applies it
+//! atomically, and applying the difference between two tables leaves exactly what applying the
+//! second one whole leaves.
 
 mod common;
 
-use ferrolb_speaker::forwarding::render::{Port, Proto, Service, render};
+use std::collections::BTreeMap;
+
+use ferrolb_speaker::forwarding::readback;
+use ferrolb_speaker::forwarding::render::{Port, Proto, Ruleset, Service, build};
 use ferrolb_tests::lab::netns;
 
-fn sample(endpoints: usize) -> Vec<Service> {
+/// Three Services (sticky Cluster, Local, guarded) with `endpoints` endpoints on TCP 80 and on
+/// SCTP 9000 (`shift` moves their addresses), and a UDP port without endpoints.
+fn sample(endpoints: usize, shift: usize) -> Vec<Service> {
     (0..3)
-        .map(|i| Service {
-            key: format!("default/svc{i}"),
-            vips: vec![
-                format!("198.51.100.{}", 200 + i).parse().unwrap(),
-                format!("2001:db8:100::{}", 200 + i).parse().unwrap(),
-            ],
-            ports: vec![
-                Port {
-                    proto: Proto::Tcp,
-                    port: 80,
-                    node_port: Some(30080 + i as u16),
-                    endpoints: (0..endpoints)
-                        .map(|e| (format!("203.0.113.{}", 2 + 64 * e).parse().unwrap(), 8080))
-                        .collect(),
-                },
-                Port { proto: Proto::Udp, port: 53, node_port: None, endpoints: vec![] },
-            ],
-            local: i == 1,
-            source_ranges: if i == 2 { vec!["198.51.100.0/24".parse().unwrap()] } else { vec![] },
-            affinity: (i == 0).then_some(60),
+        .map(|i| {
+            let eps: Vec<_> =
+                (0..endpoints).map(|e| (format!("203.0.113.{}", 2 + 64 * e + shift).parse().unwrap(), 8080)).collect();
+            Service {
+                key: format!("default/svc{i}"),
+                vips: vec![
+                    format!("198.51.100.{}", 200 + i).parse().unwrap(),
+                    format!("2001:db8:100::{}", 200 + i).parse().unwrap(),
+                ],
+                ports: vec![
+                    Port { proto: Proto::Tcp, port: 80, node_port: Some(30080 + i as u16), endpoints: eps.clone() },
+                    Port { proto: Proto::Sctp, port: 9000, node_port: None, endpoints: eps },
+                    Port { proto: Proto::Udp, port: 53, node_port: None, endpoints: vec![] },
+                ],
+                local: i == 1,
+                source_ranges: if i == 2 { vec!["198.51.100.0/24".parse().unwrap()] } else { vec![] },
+                affinity: (i == 0).then_some(60 + shift as u32),
+            }
         })
         .collect()
 }
 
+fn nft_file(ns: &str, text: &str) -> Result<String, String> {
+    netns::exec_stdin(ns, "nft", &["-f", "-"], text).map_err(|e| format!("{e}\n{text}"))
+}
+
+/// The table as the kernel holds it, independent of creation order and handles: chain → rules,
+/// set → sorted elements.
+fn kernel_view(ns: &str) -> BTreeMap<String, Vec<String>> {
+    let json = netns::exec(ns, "nft", &["-j", "list", "table", "inet", "ferrolb"]).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let mut view: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for item in parsed["nftables"].as_array().unwrap() {
+        if let Some(rule) = item.get("rule") {
+            view.entry(format!("chain {}", rule["chain"])).or_default().push(rule["expr"].to_string());
+        } else if let Some(chain) = item.get("chain") {
+            view.entry(format!("chain {}", chain["name"])).or_default();
+        } else if let Some(set) = item.get("set").or_else(|| item.get("map")) {
+            let mut elements: Vec<String> =
+                set["elem"].as_array().into_iter().flatten().map(ToString::to_string).collect();
+            elements.sort();
+            elements.insert(0, set["type"].to_string());
+            view.insert(format!("set {}", set["name"]), elements);
+        }
+    }
+    view
+}
+
 #[test]
-fn the_kernel_accepts_the_ruleset_and_reapplies_it_atomically() {
+fn the_kernel_takes_the_table_whole_and_by_difference() {
     if !common::lab_prerequisites() {
         return;
     }
-    let ns = format!("flb{}xnft", std::process::id());
-    netns::add(&ns).unwrap();
-    let dir = std::env::temp_dir().join(&ns);
-    std::fs::create_dir_all(&dir).unwrap();
+    let (by_diff, whole) = (format!("flb{}xnftd", std::process::id()), format!("flb{}xnftw", std::process::id()));
+    netns::add(&by_diff).unwrap();
+    netns::add(&whole).unwrap();
     let result = std::panic::catch_unwind(|| {
-        for (n, endpoints) in [(0, 1), (1, 2), (2, 0)] {
-            let file = dir.join(format!("rules-{n}.nft"));
-            std::fs::write(&file, render(&sample(endpoints))).unwrap();
-            let path = file.to_str().unwrap();
-            netns::exec(&ns, "nft", &["-c", "-f", path]).expect("nft -c accepts the ruleset");
-            netns::exec(&ns, "nft", &["-f", path]).expect("the ruleset applies");
-            let listed = netns::exec(&ns, "nft", &["list", "table", "inet", "ferrolb"]).unwrap();
-            // nft prints sets back in its own layout; compare what matters, flattened.
-            let flat = listed.split_whitespace().collect::<Vec<_>>().join(" ");
-            let has = |needle: &str| flat.contains(needle);
-            if endpoints > 0 {
-                assert!(has("198.51.100.200 . tcp . 80 : goto svc0_p0_v4"), "apply {n}: {listed}");
-                assert!(has("198.51.100.202 . tcp . 80 : goto svc2_p0_v4_lb"), "apply {n}: {listed}");
-                assert!(has("tcp . 30081 : goto svc1_p0_v4"), "apply {n}: {listed}");
-                assert_eq!(has("numgen random mod 2"), endpoints == 2, "apply {n}: {listed}");
-            } else {
-                assert!(!has(": goto svc"), "apply {n}: {listed}");
-                assert!(has("198.51.100.200 . tcp . 80"), "apply {n}: {listed}");
-                assert!(has("tcp . 30080"), "apply {n}: {listed}");
+        // Every step changes something different: endpoints appear, move, multiply, vanish;
+        // affinity timeouts change (new sets), Services go and come back.
+        let steps: Vec<Vec<Service>> = vec![
+            sample(1, 0),
+            sample(2, 0),
+            sample(2, 1),
+            sample(3, 1),
+            sample(0, 0),
+            sample(2, 0)[..1].to_vec(),
+            vec![],
+            sample(2, 2),
+        ];
+        let mut applied: Option<Ruleset> = None;
+        for (n, services) in steps.iter().enumerate() {
+            let rs = build(services);
+            let full = rs.full();
+            nft_file(&whole, &full).unwrap_or_else(|e| panic!("step {n}: the whole table applies: {e}"));
+            let text = match &applied {
+                None => full.clone(),
+                Some(old) => rs.changes_from(old),
+            };
+            if !text.is_empty() {
+                nft_file(&by_diff, &text).unwrap_or_else(|e| panic!("step {n}: the difference applies: {e}"));
             }
-            // IPv6 VIPs without IPv6 endpoints, and UDP 53 without endpoints, are refused.
-            assert!(has("2001:db8:100::200 . tcp . 80"), "apply {n}: {listed}");
-            assert!(has("198.51.100.201 . udp . 53"), "apply {n}: {listed}");
-            assert_eq!(listed.matches("table inet ferrolb").count(), 1, "one table, replaced atomically");
+            assert_eq!(kernel_view(&by_diff), kernel_view(&whole), "step {n}: the difference left another table");
+            let listed = netns::exec(&by_diff, "nft", &["-j", "list", "table", "inet", "ferrolb"]).unwrap();
+            assert_eq!(readback::shape(&listed), Some(rs.shape()), "step {n}: the read-back sees the table applied");
+            applied = Some(rs);
         }
+        // Spot-check the whole table's content in the kernel's own words.
+        nft_file(&whole, &build(&sample(2, 0)).full()).unwrap();
+        let listed = netns::exec(&whole, "nft", &["list", "table", "inet", "ferrolb"]).unwrap();
+        let flat = listed.split_whitespace().collect::<Vec<_>>().join(" ");
+        for needle in [
+            "198.51.100.200 . tcp . 80 : goto svc/default/svc0/tcp/80/v4",
+            "198.51.100.200 . sctp . 9000 : goto svc/default/svc0/sctp/9000/v4",
+            "198.51.100.202 . tcp . 80 : goto svc/default/svc2/tcp/80/v4/lb",
+            "tcp . 30081 : goto svc/default/svc1/tcp/80/v4",
+            "numgen random mod 2 0 goto svc/default/svc0/tcp/80/v4/ep0",
+            "198.51.100.201 . udp . 53",
+            "2001:db8:100::200 . tcp . 80",
+        ] {
+            assert!(flat.contains(needle), "{needle} missing: {listed}");
+        }
+        assert_eq!(listed.matches("table inet ferrolb").count(), 1, "one table, replaced atomically");
+        // What someone might do by hand shows in the read-back.
+        let expected = Some(build(&sample(2, 0)).shape());
+        let read =
+            || readback::shape(&netns::exec(&whole, "nft", &["-j", "list", "table", "inet", "ferrolb"]).unwrap());
+        assert_eq!(read(), expected);
+        netns::exec(
+            &whole,
+            "nft",
+            &["delete", "element", "inet", "ferrolb", "vips_v4", "{ 198.51.100.201 . tcp . 80 }"],
+        )
+        .unwrap();
+        assert_ne!(read(), expected, "a deleted element is noticed");
+        nft_file(&whole, &build(&sample(2, 0)).full()).unwrap();
+        netns::exec(&whole, "nft", &["flush", "chain", "inet", "ferrolb", "svc/default/svc1/tcp/80/v4"]).unwrap();
+        assert_ne!(read(), expected, "a flushed chain is noticed");
+        nft_file(&whole, &build(&sample(2, 0)).full()).unwrap();
+        netns::exec(&whole, "nft", &["add", "rule", "inet", "ferrolb", "nat_prerouting", "accept"]).unwrap();
+        assert_ne!(read(), expected, "an added rule is noticed");
     });
-    netns::delete(&ns);
-    let _ = std::fs::remove_dir_all(&dir);
+    netns::delete(&by_diff);
+    netns::delete(&whole);
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }

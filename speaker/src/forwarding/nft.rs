@@ -2,10 +2,12 @@
 //! mode does), reads it back to notice changes made by others, and removes it.
 
 use std::process::Stdio;
+use std::sync::{Mutex, OnceLock};
 
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
+use super::libnft::Nftables;
 use super::render::TABLE;
 
 /// Why nft failed.
@@ -36,14 +38,29 @@ async fn nft(args: &[&str], input: Option<&str>) -> Result<String, NftError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Replaces ferrolb's table with `ruleset` atomically.
+/// The speaker's libnftables context, if the library loads; else the `nft` command is run.
+static LIBRARY: OnceLock<Option<Mutex<Nftables>>> = OnceLock::new();
+
+/// Applies `ruleset` (a whole table or a difference) as one atomic transaction.
 pub async fn apply(ruleset: &str) -> Result<(), NftError> {
-    nft(&["-f", "-"], Some(ruleset)).await.map(|_| ())
+    let library = LIBRARY.get_or_init(|| match Nftables::open() {
+        Ok(n) => Some(Mutex::new(n)),
+        Err(e) => {
+            tracing::warn!(error = %e, "programming nftables with the nft command instead of libnftables");
+            None
+        }
+    });
+    let Some(library) = library else { return nft(&["-f", "-"], Some(ruleset)).await.map(|_| ()) };
+    let text = ruleset.to_string();
+    tokio::task::spawn_blocking(move || library.lock().unwrap_or_else(|e| e.into_inner()).run(&text))
+        .await
+        .map_err(|e| NftError::Refused(e.to_string()))?
+        .map_err(NftError::Refused)
 }
 
-/// The table as the kernel has it now (to notice changes made by others).
+/// The table as the kernel has it now, as JSON (to notice changes made by others).
 pub async fn current() -> Result<String, NftError> {
-    nft(&["list", "table", "inet", TABLE], None).await
+    nft(&["-j", "list", "table", "inet", TABLE], None).await
 }
 
 /// Every chain on this host, as `nft -j list chains` prints them (for the firewall check).

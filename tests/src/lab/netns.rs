@@ -32,10 +32,26 @@ pub enum LabError {
 
 /// Runs a command; its stderr becomes the error.
 pub fn run(program: &str, args: &[&str]) -> Result<String, LabError> {
-    let out = Command::new(program).args(args).output().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => LabError::Command { command: program.into(), stderr: "not found".into() },
-        _ => LabError::Io(e),
-    })?;
+    run_with_input(program, args, None)
+}
+
+/// Runs a command with `input` on its stdin (none: stdin is closed).
+fn run_with_input(program: &str, args: &[&str], input: Option<&str>) -> Result<String, LabError> {
+    use std::io::Write as _;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if input.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => LabError::Command { command: program.into(), stderr: "not found".into() },
+            _ => LabError::Io(e),
+        })?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
     if !out.status.success() {
         return Err(LabError::Command {
             command: format!("{program} {}", args.join(" ")),
@@ -55,6 +71,13 @@ pub fn exec(ns: &str, program: &str, args: &[&str]) -> Result<String, LabError> 
     let mut all = vec!["netns", "exec", ns, program];
     all.extend_from_slice(args);
     run("ip", &all)
+}
+
+/// `ip netns exec NS` with a command reading `input` on its stdin.
+pub fn exec_stdin(ns: &str, program: &str, args: &[&str], input: &str) -> Result<String, LabError> {
+    let mut all = vec!["netns", "exec", ns, program];
+    all.extend_from_slice(args);
+    run_with_input("ip", &all, Some(input))
 }
 
 /// `ip` inside a namespace.
