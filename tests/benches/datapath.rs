@@ -9,7 +9,8 @@
 //!   the target Service last, at 10 and at 10,000.
 //!
 //! Configurations take turns (rounds) so that the machine's noise falls on all of them; the
-//! table gives medians. `cargo bench -p ferrolb-tests --bench datapath`
+//! table gives medians, and ratios both of the medians and as the median of the ratios within
+//! each round. `cargo bench -p ferrolb-tests --bench datapath`
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -22,8 +23,8 @@ use ferrolb_tests::lab::netns;
 
 const VIP: &str = "198.51.100.200";
 const POD: &str = "203.0.113.2";
-const ROUNDS: usize = 7;
-const WINDOW: Duration = Duration::from_millis(1500);
+const ROUNDS: usize = 9;
+const WINDOW: Duration = Duration::from_millis(1000);
 const WORKERS: usize = 4;
 
 /// `n` Services; the last one is the measured one (VIP:80 → pod:8080, VIP:81 → pod:8081), the others have VIPs in the
@@ -196,11 +197,17 @@ fn main() {
                 let (_, table, to) = &configs[i];
                 program(&mut nft, *table);
                 rates[i].push(connections_per_second(&client, *to));
-                if i < 2 {
-                    gbits[i].push(throughput(&client, SocketAddr::new(to.ip(), to.port() + 1)));
-                }
             }
-            eprintln!("round {} of {ROUNDS} done", round + 1);
+        }
+        // Throughput on its own, after the churn of the connection rounds has settled: pod and
+        // VIP in turns, the order swapped every round.
+        program(&mut nft, Table::Ferrolb(10));
+        for round in 0..ROUNDS {
+            for i in [round % 2, 1 - round % 2] {
+                std::thread::sleep(Duration::from_millis(300));
+                let to = configs[i].2;
+                gbits[i].push(throughput(&client, SocketAddr::new(to.ip(), to.port() + 1)));
+            }
         }
         program(&mut nft, Table::Ferrolb(0));
     })
@@ -208,9 +215,16 @@ fn main() {
     for ns in [&client, &node, &pod] {
         netns::delete(ns);
     }
-    let rates: Vec<f64> = rates.into_iter().map(median).collect();
-    let gbits: Vec<f64> = gbits.into_iter().map(median).collect();
-    println!("| path | new connections/s (median of {ROUNDS}) | ratio | throughput, 1 connection | ratio |");
+    // Two ratios: of the medians, and the median of the ratios within each round (configurations
+    // measured next to each other, so slow drifts of the shared machine cancel out).
+    let both = |v: &[Vec<f64>], i: usize, base: usize| {
+        let of_medians = median(v[i].clone()) / median(v[base].clone());
+        let paired = median((0..v[i].len()).map(|r| v[i][r] / v[base][r]).collect());
+        format!("{of_medians:.3} / {paired:.3}")
+    };
+    println!(
+        "| path | new connections/s (median of {ROUNDS}) | ratio (of medians / paired) | throughput, 1 connection | ratio (of medians / paired) |"
+    );
     println!("|---|---:|---:|---:|---:|");
     for (i, (name, _, _)) in configs.iter().enumerate() {
         let base = match i {
@@ -218,9 +232,11 @@ fn main() {
             2 => 1,
             _ => 3,
         };
-        let tput = gbits.get(i).map_or(String::from("–"), |g| format!("{g:.2} Gbit/s"));
-        let tratio = gbits.get(i).map_or(String::from("–"), |g| format!("{:.3}", g / gbits[0]));
-        println!("| {name} | {:.0} | {:.3} | {tput} | {tratio} |", rates[i], rates[i] / rates[base]);
+        let (tput, tratio) = match gbits.get(i) {
+            Some(g) => (format!("{:.2} Gbit/s", median(g.clone())), both(&gbits, i, 0)),
+            None => ("–".to_string(), "–".to_string()),
+        };
+        println!("| {name} | {:.0} | {} | {tput} | {tratio} |", median(rates[i].clone()), both(&rates, i, base));
     }
-    println!("\nratios: VIP/pod against the pod directly; 10,000 against 10 of the same kind.");
+    println!("\nratios: VIP against the pod directly; 10,000 against 10 of the same kind.");
 }

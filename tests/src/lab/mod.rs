@@ -3,9 +3,11 @@
 
 pub mod backends;
 pub mod demo;
+pub mod failover;
 pub mod netns;
 pub mod probe;
 pub mod processes;
+pub mod sctp;
 pub mod topology;
 pub mod tunnel;
 

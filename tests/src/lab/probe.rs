@@ -189,3 +189,17 @@ pub fn arp_rtts(
         Ok(out)
     })?
 }
+
+/// One TCP exchange with `addr` from `ns`: the backend's whole answer.
+pub fn tcp_once(ns: &str, addr: std::net::SocketAddr) -> Option<String> {
+    use std::io::Read as _;
+    netns::in_ns(ns, || {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    })
+    .ok()
+    .flatten()
+}
