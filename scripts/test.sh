@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: formatting, clippy, the build, and all tests (unit, property,
-# sim-apiserver, kubectl, binaries; later the root/netns lab suites). Debian, as root.
+# sim-apiserver, kubectl, binaries, the root/netns lab suites, the Helm chart). Debian, as root.
 # Installs what it needs. Under CI=true, tests whose prerequisites are missing fail instead of
 # skipping.
 set -euo pipefail
@@ -22,8 +22,16 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# The chart is tested with Helm's own engine (helm-python-sdk, no helm binary) and Kubernetes'
+# schemas (kubernetes-validate), pinned in charts/tests/requirements.txt.
+if ! python3 -m pip --version >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq python3-pip
+fi
+python3 -m pip install -q --disable-pip-version-check -r charts/tests/requirements.txt 2>&1 |
+  grep -v "Running pip as the 'root' user" || true
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --all-targets
 cargo test --workspace --no-fail-fast
+python3 -m unittest discover -s charts/tests -v

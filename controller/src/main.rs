@@ -67,7 +67,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), telemetry::Error> {
-    let client = telemetry::connect(args.kubeconfig.as_deref()).await?;
+    let client = telemetry::connect(args.kubeconfig.as_deref(), "ferrolb-controller").await?;
     let version = client.apiserver_version().await?;
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "controller".into());

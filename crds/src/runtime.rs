@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
+use axum::http::HeaderValue;
 use axum::http::StatusCode;
+use axum::http::header::USER_AGENT;
 use axum::routing::get;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use prometheus_client::metrics::family::Family;
@@ -69,8 +71,8 @@ pub fn init_logging(format: LogFormat, level: &str) {
 }
 
 /// A client from `--kubeconfig`, else KUBECONFIG or the in-cluster configuration.
-pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client, Error> {
-    let config = match kubeconfig {
+pub async fn connect(kubeconfig: Option<&Path>, agent: &str) -> Result<kube::Client, Error> {
+    let mut config = match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path).map_err(|e| Error::Kubeconfig(format!("{}: {e}", path.display())))?;
             kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
@@ -79,6 +81,11 @@ pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client, Error> {
         }
         None => kube::Config::infer().await.map_err(|e| Error::Kubeconfig(e.to_string()))?,
     };
+    // Named requests show in the API server's audit log (and let the lab tell the binaries apart
+    // when it checks the chart's RBAC against what each one calls).
+    let agent = format!("{agent}/{}", env!("CARGO_PKG_VERSION"));
+    let value = HeaderValue::from_str(&agent).map_err(|e| Error::Kubeconfig(e.to_string()))?;
+    config.headers.push((USER_AGENT, value));
     Ok(kube::Client::try_from(config)?)
 }
 

@@ -94,7 +94,7 @@ async fn run(args: Args) -> Result<(), telemetry::Error> {
         }
         None => None,
     };
-    let client = telemetry::connect(args.kubeconfig.as_deref()).await?;
+    let client = telemetry::connect(args.kubeconfig.as_deref(), "ferrolb-speaker").await?;
     let version = client.apiserver_version().await?;
     tracing::info!(
         server = %version.git_version,

@@ -50,6 +50,7 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
     let query: HashMap<String, String> =
         form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
     let path = parts.uri.path().trim_end_matches('/').to_string();
+    let user_agent = parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
     let response = match route(&shared, &parts.method, &path, &query, &parts.headers, &body) {
         Ok(r) => r,
         Err(e) => error_response(&e),
@@ -60,6 +61,7 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
         field_manager: query.get("fieldManager").cloned(),
         watch: query.get("watch").is_some_and(|w| w == "true" || w == "1"),
         code: response.status().as_u16(),
+        user_agent,
     };
     shared.requests.lock().unwrap_or_else(|e| e.into_inner()).push(record);
     response

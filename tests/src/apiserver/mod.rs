@@ -87,6 +87,8 @@ pub struct RequestRecord {
     pub watch: bool,
     /// The HTTP status code.
     pub code: u16,
+    /// The client's `User-Agent` (ferrolb's binaries send their name).
+    pub user_agent: Option<String>,
 }
 
 /// State shared by all requests.

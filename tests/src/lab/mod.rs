@@ -101,10 +101,12 @@ impl Lab {
         }
     }
 
-    /// Writes [`Self::state`] as JSON.
+    /// Writes [`Self::state`] as JSON, atomically: a reader sees no file or the whole of it.
     pub fn write_state(&self, path: &Path) -> Result<(), LabError> {
         let json = serde_json::to_string_pretty(&self.state()).map_err(|e| LabError::Io(std::io::Error::other(e)))?;
-        std::fs::write(path, json)?;
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, json)?;
+        std::fs::rename(&partial, path)?;
         Ok(())
     }
 }

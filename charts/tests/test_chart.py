@@ -1,0 +1,289 @@
+"""The Helm chart, tested with Helm's own engine (helm-python-sdk binds Helm's Go library; no helm
+binary): lint, render with defaults and with every option, values-schema refusals, Kubernetes'
+schemas for every rendered object (kubernetes-validate, offline), and the rendered objects loaded
+into sim-apiserver with kubectl and installed and upgraded there by Helm.
+
+Run from the repository root after `cargo build --workspace` (it runs the binaries' --help and
+sim-apiserver): `python3 -m unittest discover -s charts/tests -v`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import unittest
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "ferrolb"
+BIN = ROOT / "target" / "debug"
+NAMESPACE = "ferrolb-system"
+KUBERNETES = "1.33.0"
+# Kinds whose schema is not Kubernetes' own: IPPool is checked by sim-apiserver against our CRD,
+# ServiceMonitor belongs to the Prometheus Operator.
+CUSTOM_KINDS = {"IPPool", "ServiceMonitor"}
+
+
+def values_file(name: str) -> dict:
+    return yaml.safe_load((pathlib.Path(__file__).parent / name).read_text())
+
+
+def render(values: dict | None = None) -> list[dict]:
+    """Every object the chart renders (NOTES.txt aside), as parsed YAML."""
+    rendered = helm.Chart.load(CHART).render(values, name="ferrolb", namespace=NAMESPACE, is_install=True)
+    docs = []
+    for path, text in sorted(rendered.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return docs
+
+
+def of_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def container(docs: list[dict], kind: str) -> dict:
+    (workload,) = of_kind(docs, kind)
+    (c,) = workload["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def flags_of(binary: str) -> set[str]:
+    """The long flags a binary's --help lists."""
+    out = subprocess.run([BIN / binary, "--help"], capture_output=True, text=True, check=True).stdout
+    return set(re.findall(r"^\s+(?:-\w, )?--([a-z0-9-]+)", out, re.M)) - {"help", "version"}
+
+
+class Lint(unittest.TestCase):
+    def test_lint_is_clean_with_defaults_and_every_option(self):
+        for values in (None, values_file("values-all.yaml")):
+            report = helm.lint(CHART, values, strict=True, kube_version="v1.33.0")
+            self.assertEqual(report["errors"], [], report)
+            worse_than_info = [m for m in report["messages"] if m["severity"] >= 2]
+            self.assertEqual(worse_than_info, [], report)
+
+
+class Defaults(unittest.TestCase):
+    docs = render()
+
+    def test_controller_is_two_replicas_spread_over_nodes_and_non_root(self):
+        (deploy,) = of_kind(self.docs, "Deployment")
+        spec = deploy["spec"]["template"]["spec"]
+        self.assertEqual(deploy["spec"]["replicas"], 2)
+        term = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+        self.assertEqual(term["podAffinityTerm"]["topologyKey"], "kubernetes.io/hostname")
+        self.assertTrue(spec["securityContext"]["runAsNonRoot"])
+        c = container(self.docs, "Deployment")
+        self.assertEqual(c["securityContext"]["capabilities"], {"drop": ["ALL"]})
+        self.assertTrue(c["securityContext"]["readOnlyRootFilesystem"])
+        self.assertEqual(c["readinessProbe"]["httpGet"]["path"], "/readyz")
+        self.assertEqual(c["livenessProbe"]["httpGet"]["path"], "/healthz")
+        (pdb,) = of_kind(self.docs, "PodDisruptionBudget")
+        self.assertEqual(pdb["spec"]["selector"], deploy["spec"]["selector"])
+
+    def test_speaker_runs_on_every_node_with_only_net_raw_and_net_admin(self):
+        (ds,) = of_kind(self.docs, "DaemonSet")
+        spec = ds["spec"]["template"]["spec"]
+        self.assertTrue(spec["hostNetwork"])
+        self.assertEqual(spec["dnsPolicy"], "ClusterFirstWithHostNet")
+        tolerated = {t["key"] for t in spec["tolerations"]}
+        self.assertIn("node-role.kubernetes.io/control-plane", tolerated)
+        c = container(self.docs, "DaemonSet")
+        sc = c["securityContext"]
+        self.assertEqual(sc["capabilities"], {"drop": ["ALL"], "add": ["NET_RAW", "NET_ADMIN"]})
+        self.assertTrue(sc["readOnlyRootFilesystem"])
+        self.assertFalse(sc["allowPrivilegeEscalation"])
+        self.assertNotIn("privileged", sc)
+        self.assertIn("--peer-secret-file=/etc/ferrolb/peer-secret/key", c["args"])
+        self.assertIn("--forwarding=nftables", c["args"])
+
+    def test_heartbeat_key_is_generated_and_kept(self):
+        (secret,) = of_kind(self.docs, "Secret")
+        self.assertEqual(secret["metadata"]["annotations"]["helm.sh/resource-policy"], "keep")
+        import base64
+
+        key = base64.b64decode(secret["data"]["key"])
+        self.assertEqual(len(key), 64)
+        (ds,) = of_kind(self.docs, "DaemonSet")
+        (volume,) = ds["spec"]["template"]["spec"]["volumes"]
+        self.assertEqual(volume["secret"]["secretName"], secret["metadata"]["name"])
+
+    def test_nothing_optional_by_default(self):
+        for kind in ("ServiceMonitor", "IPPool"):
+            self.assertEqual(of_kind(self.docs, kind), [], kind)
+
+
+class EveryOption(unittest.TestCase):
+    values = values_file("values-all.yaml")
+    docs = render(values)
+
+    def test_every_flag_of_both_binaries_is_set_from_values(self):
+        # Set another way: the kubeconfig (in-cluster), the replica's and node's names (env).
+        by_env = {"ferrolb-controller": {"kubeconfig", "identity"}, "ferrolb-speaker": {"kubeconfig", "node-name"}}
+        for binary, kind in (("ferrolb-controller", "Deployment"), ("ferrolb-speaker", "DaemonSet")):
+            args = container(self.docs, kind)["args"]
+            given = {a[2:].split("=")[0] for a in args}
+            self.assertEqual(given, flags_of(binary) - by_env[binary], f"{binary}: flags without a value")
+        self.assertEqual(container(self.docs, "Deployment")["env"][0]["name"], "POD_NAME")
+        self.assertEqual(container(self.docs, "DaemonSet")["env"][0]["name"], "NODE_NAME")
+
+    def test_values_reach_the_objects(self):
+        c = container(self.docs, "Deployment")
+        for arg in ("--lb-class=example.com/lb", "--lb-class-only", "--leader-lease-seconds=20",
+                    "--leader-retry-ms=1500", "--concurrency=8", "--metrics-addr=0.0.0.0:9472",
+                    "--health-addr=0.0.0.0:9473", "--log-format=json", "--log-level=ferrolb_speaker=debug,info"):
+            self.assertIn(arg, c["args"])
+        self.assertEqual(c["image"], "registry.example.com/mirror/ferrolb-controller:v9.9.9")
+        s = container(self.docs, "DaemonSet")
+        for arg in ("--forwarding=none", "--peer-port=17946", "--heartbeat-interval-ms=200",
+                    "--peer-timeout-ms=1000", "--startup-settle-ms=3000", "--lease-seconds=15"):
+            self.assertIn(arg, s["args"])
+        (deploy,) = of_kind(self.docs, "Deployment")
+        self.assertEqual(deploy["spec"]["replicas"], 3)
+        self.assertIn("nodeAffinity", deploy["spec"]["template"]["spec"]["affinity"])
+        self.assertEqual(of_kind(self.docs, "Secret"), [], "an existing Secret replaces the generated one")
+        (ds,) = of_kind(self.docs, "DaemonSet")
+        self.assertEqual(ds["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"], "my-peer-key")
+        self.assertEqual(len(of_kind(self.docs, "ServiceMonitor")), 2)
+
+    def test_pools_become_ippools(self):
+        pools = {p["metadata"]["name"]: p["spec"] for p in of_kind(self.docs, "IPPool")}
+        for pool in self.values["pools"]:
+            spec = dict(pool)
+            del spec["name"]
+            self.assertEqual(pools[pool["name"]], spec)
+
+    def test_a_home_lab_is_one_command(self):
+        values = helm.parse_set_string("pools[0].name=home,pools[0].addresses[0]=192.168.1.240-192.168.1.250")
+        helm.Chart.load(CHART).validate_schema(values)
+        (pool,) = of_kind(render(values), "IPPool")
+        self.assertEqual(pool["spec"], {"addresses": ["192.168.1.240-192.168.1.250"]})
+
+
+class BadValues(unittest.TestCase):
+    cases = {
+        "a typo in a key": {"contoller": {"replicas": 2}},
+        "an unknown forwarding mode": {"speaker": {"forwarding": "iptables"}},
+        "an unknown log format": {"log": {"format": "xml"}},
+        "a pool without addresses": {"pools": [{"name": "home"}]},
+        "a pool with an unknown field": {"pools": [{"name": "home", "addresses": ["192.0.2.0/28"], "adresses": []}]},
+        "a number as text": {"controller": {"replicas": "two"}},
+        "a port out of range": {"speaker": {"ports": {"peer": 70000}}},
+        "a pool name that is no Kubernetes name": {"pools": [{"name": "Home Lab", "addresses": ["192.0.2.0/28"]}]},
+    }
+
+    def test_bad_values_are_refused_before_anything_renders(self):
+        chart = helm.Chart.load(CHART)
+        for what, values in self.cases.items():
+            with self.subTest(what):
+                with self.assertRaises(helm.HelmError):
+                    chart.validate_schema(values)
+                with self.assertRaises(helm.HelmError):
+                    chart.render(values, name="ferrolb", namespace=NAMESPACE)
+
+
+class KubernetesSchemas(unittest.TestCase):
+    def test_every_rendered_object_is_valid_for_its_kind(self):
+        for values in (None, values_file("values-all.yaml")):
+            for doc in render(values):
+                if doc["kind"] in CUSTOM_KINDS:
+                    continue
+                with self.subTest(kind=doc["kind"], name=doc["metadata"]["name"]):
+                    kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+
+
+# A stand-in for the Prometheus Operator's CRD, so that its objects can be stored too.
+SERVICE_MONITOR_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+    "spec": {
+        "group": "monitoring.coreos.com",
+        "scope": "Namespaced",
+        "names": {"plural": "servicemonitors", "singular": "servicemonitor", "kind": "ServiceMonitor", "listKind": "ServiceMonitorList"},
+        "versions": [{"name": "v1", "served": True, "storage": True,
+                      "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
+    },
+}
+
+
+class InSimApiServer(unittest.TestCase):
+    """The rendered objects stored by sim-apiserver (our kube-apiserver double) through kubectl, and
+    the chart installed and upgraded there by Helm itself."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = pathlib.Path(tempfile.mkdtemp(prefix="ferrolb-chart-"))
+        cls.kubeconfig = cls.dir / "kubeconfig"
+        cls.server = subprocess.Popen(
+            [BIN / "sim-apiserver", "--kubeconfig-out", cls.kubeconfig], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 20
+        while not cls.kubeconfig.exists():
+            if time.monotonic() > deadline or cls.server.poll() is not None:
+                raise RuntimeError("sim-apiserver did not start")
+            time.sleep(0.05)
+        time.sleep(0.1)
+        cls.kubectl("apply", "-f", str(CHART / "crds"))
+        cls.kubectl("apply", "-f", "-", input=json.dumps(SERVICE_MONITOR_CRD))
+        cls.namespace(NAMESPACE)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.kill()
+        cls.server.wait()
+        shutil.rmtree(cls.dir, ignore_errors=True)
+
+    @classmethod
+    def namespace(cls, name: str) -> None:
+        # `kubectl create namespace` speaks protobuf, which sim-apiserver does not; apply is JSON.
+        cls.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
+
+    @classmethod
+    def kubectl(cls, *args: str, input: str | None = None) -> str:
+        done = subprocess.run(
+            ["kubectl", "--kubeconfig", str(cls.kubeconfig), *args], input=input, capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)}: {done.stderr}")
+        return done.stdout
+
+    def test_rendered_objects_load_with_kubectl(self):
+        docs = render(values_file("values-all.yaml")) + render({"pools": [{"name": "lan", "addresses": ["198.51.100.0/28"]}]})
+        # Both renders share names; the second one's objects replace the first's (an upgrade).
+        stream = "\n---\n".join(yaml.safe_dump(d) for d in docs)
+        self.kubectl("apply", "--server-side", "--field-manager=chart-test", "--force-conflicts", "-f", "-", input=stream)
+        for d in docs:
+            kind, name = d["kind"].lower(), d["metadata"]["name"]
+            ns = ["-n", d["metadata"].get("namespace", NAMESPACE)]
+            got = json.loads(self.kubectl("get", kind, name, *ns, "-o", "json"))
+            self.assertEqual(got["kind"], d["kind"])
+        pools = json.loads(self.kubectl("get", "ippools", "-o", "json"))["items"]
+        self.assertEqual(sorted(p["metadata"]["name"] for p in pools), ["home", "lan", "media"])
+
+    def test_helm_install_then_upgrade_keeps_the_heartbeat_key(self):
+        # Release records in memory: Helm writes its Secret-backed records with protobuf, which
+        # sim-apiserver does not speak; the chart's own objects go through the API as JSON.
+        config = helm.Config(kubeconfig_path=self.kubeconfig, namespace="ferrolb-release", storage_driver="memory")
+        self.namespace("ferrolb-release")
+        config.install(CHART, "lb", {"pools": [{"name": "up", "addresses": ["203.0.113.0/28"]}]}, namespace="ferrolb-release")
+        secret = lambda: json.loads(self.kubectl("get", "secret", "lb-peer-secret", "-n", "ferrolb-release", "-o", "json"))
+        first = secret()["data"]["key"]
+        config.upgrade(CHART, "lb", {"log": {"format": "json"}}, namespace="ferrolb-release")
+        self.assertEqual(secret()["data"]["key"], first, "an upgrade must keep the speakers' shared key")
+        ds = json.loads(self.kubectl("get", "daemonset", "lb-speaker", "-n", "ferrolb-release", "-o", "json"))
+        self.assertIn("--log-format=json", ds["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,202 @@
+//! The chart's RBAC against what the binaries really call: the lab runs the controller and the
+//! speakers through what they do in a cluster — allocation, pool status, announcements, a
+//! repeated Warning, a host-firewall report that comes back, a speaker leaving — and every
+//! request sim-apiserver saw is mapped to the permission it needs. The chart (rendered by Helm's
+//! own engine) must grant each one, and must grant nothing that was not used.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use ferrolb_tests::lab::{Lab, netns};
+use ferrolb_tests::rbac::{self, Permission};
+use k8s_openapi::api::core::v1::{Event, Service};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+const NAMESPACE: &str = "ferrolb-system";
+
+/// The chart's objects, rendered by Helm's Go library through helm-python-sdk (as the chart
+/// tests do); `None` when it is not installed outside CI.
+fn rendered_chart() -> Option<Vec<Value>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let script = "import helm_python as h, json, sys\n\
+        out = h.Chart.load(sys.argv[1]).render(None, name='ferrolb', namespace=sys.argv[2])\n\
+        print(json.dumps(out))";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, root.join("charts/ferrolb").to_str()?, NAMESPACE])
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        Ok(o) if !common::in_ci() => {
+            eprintln!(
+                "SKIPPED: helm-python-sdk is needed (pip install -r charts/tests/requirements.txt): {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            return None;
+        }
+        other => panic!("rendering the chart failed: {other:?}"),
+    };
+    let files: BTreeMap<String, String> = serde_json::from_slice(&out.stdout).expect("helm's output");
+    let mut docs = Vec::new();
+    for (path, text) in files.iter().filter(|(p, _)| p.ends_with(".yaml")) {
+        for doc in serde_norway::Deserializer::from_str(text) {
+            let v: Value = serde::Deserialize::deserialize(doc).unwrap_or_else(|e| panic!("{path}: {e}"));
+            if !v.is_null() {
+                docs.push(v);
+            }
+        }
+    }
+    Some(docs)
+}
+
+/// What the chart grants the ServiceAccount `name`: cluster-wide, and in the release namespace.
+fn grants(docs: &[Value], name: &str) -> (BTreeSet<Permission>, BTreeSet<Permission>) {
+    let find = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .map(|d| rbac::granted(&d["rules"]))
+            .unwrap_or_default()
+    };
+    for binding in ["ClusterRoleBinding", "RoleBinding"] {
+        let b = docs.iter().find(|d| d["kind"] == binding && d["metadata"]["name"] == name).expect(binding);
+        assert_eq!(b["subjects"][0]["name"], name, "{binding} {name} binds its own ServiceAccount");
+    }
+    (find("ClusterRole"), find("Role"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_charts_rbac_is_exactly_what_the_binaries_use() {
+    if !common::lab_prerequisites() {
+        return;
+    }
+    let Some(chart) = rendered_chart() else { return };
+    let lab = Lab::up(2).await.expect("lab up");
+    let mut running = lab.start_cluster().await.unwrap();
+    let client = lab.client().await.unwrap();
+    lab.apply_pool("lan", json!({"addresses": ["198.51.100.200-198.51.100.210"]})).await.unwrap();
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let echo: Service = serde_json::from_value(json!({"metadata": {"name": "echo"}, "spec": {"type": "LoadBalancer",
+        "selector": {"app": "echo"}, "ports": [{"name": "tcp", "port": 80, "targetPort": 8080}]}}))
+    .unwrap();
+    services.create(&PostParams::default(), &echo).await.unwrap();
+    common::eventually("echo to be announced", Duration::from_secs(30), || async {
+        let svc = services.get("echo").await.ok()?;
+        svc.status?.conditions?.iter().any(|c| c.type_ == "ferrolb.io/Announced" && c.status == "True").then_some(())
+    })
+    .await;
+
+    // The same Warning twice in a row on one Service: the second is a patch of the first Event's
+    // series. The pool asked for changes away and back, so the controller reports each change.
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let odd: Service =
+        serde_json::from_value(json!({"metadata": {"name": "odd", "annotations": {"ferrolb.io/pool": "nope-1"}},
+        "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}}))
+        .unwrap();
+    services.create(&PostParams::default(), &odd).await.unwrap();
+    let warnings = |pool: &'static str| {
+        let events = events.clone();
+        async move {
+            let lp = ListParams::default().fields("involvedObject.name=odd");
+            let list = events.list(&lp).await.ok()?;
+            let e = list.items.into_iter().find(|e| e.message.as_deref().is_some_and(|m| m.contains(pool)))?;
+            Some(e.series.and_then(|s| s.count).unwrap_or(1))
+        }
+    };
+    common::eventually("a Warning about nope-1", Duration::from_secs(20), || warnings("nope-1")).await;
+    for pool in ["nope-2", "nope-1"] {
+        let patch = json!({"metadata": {"annotations": {"ferrolb.io/pool": pool}}});
+        services.patch("odd", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+        common::eventually("the Warning about the new pool", Duration::from_secs(20), || async {
+            let count = warnings(pool).await?;
+            (pool == "nope-2" || count == 2).then_some(())
+        })
+        .await;
+    }
+
+    // A host firewall that is reported, goes away, and comes back: the speaker's report repeats.
+    let n1 = lab.topology.nodes[0].namespace.clone();
+    let drop_forward = || {
+        netns::exec(&n1, "nft", &["add", "table", "ip", "filter"]).unwrap();
+        let chain = "{ type filter hook forward priority 0; policy drop; }";
+        netns::exec(&n1, "nft", &["add", "chain", "ip", "filter", "FORWARD", chain]).unwrap();
+    };
+    let blocked = || {
+        let node_events: Api<Event> = Api::namespaced(client.clone(), "default");
+        async move {
+            let lp = ListParams::default().fields("involvedObject.name=node-1,involvedObject.kind=Node");
+            let list = node_events.list(&lp).await.ok()?;
+            let e = list.items.into_iter().find(|e| e.reason.as_deref() == Some("ForwardingBlocked"))?;
+            Some(e.series.and_then(|s| s.count).unwrap_or(1))
+        }
+    };
+    drop_forward();
+    common::eventually("a ForwardingBlocked Warning", Duration::from_secs(20), blocked).await;
+    netns::exec(&n1, "nft", &["delete", "table", "ip", "filter"]).unwrap();
+    let metrics_say = |value: &'static str| {
+        let n1 = n1.clone();
+        async move {
+            let m = tokio::task::spawn_blocking(move || {
+                ferrolb_tests::lab::probe::http_get_in(&n1, "127.0.0.1:7474".parse().unwrap(), "/metrics")
+            })
+            .await
+            .ok()??;
+            m.contains(&format!("ferrolb_speaker_firewall_blocking_chains {value}")).then_some(())
+        }
+    };
+    common::eventually("the speaker to see the firewall gone", Duration::from_secs(20), || metrics_say("0")).await;
+    drop_forward();
+    common::eventually("the report to repeat", Duration::from_secs(20), || async {
+        (blocked().await? == 2).then_some(())
+    })
+    .await;
+    netns::exec(&n1, "nft", &["delete", "table", "ip", "filter"]).unwrap();
+
+    // A speaker leaving (SIGTERM) unregisters; a controller leaving releases its Lease.
+    let speakers = std::mem::take(&mut running.speakers);
+    tokio::task::spawn_blocking(move || {
+        for mut p in speakers {
+            assert!(p.terminate().unwrap().success());
+        }
+    })
+    .await
+    .unwrap();
+    assert!(running.controller.terminate().unwrap().success());
+
+    // Every request, by binary, as the permission it needs.
+    let mut used: BTreeMap<&str, (BTreeSet<Permission>, BTreeSet<Permission>)> = BTreeMap::new();
+    for r in lab.api.shared().requests() {
+        let Some(agent) = r.user_agent.as_deref() else { continue };
+        let Some(binary) =
+            ["ferrolb-controller", "ferrolb-speaker"].into_iter().find(|b| agent.starts_with(&format!("{b}/")))
+        else {
+            continue;
+        };
+        let Some((namespace, permission)) = rbac::needed(&r.method, &r.path, r.watch) else { continue };
+        let (cluster, own) = used.entry(binary).or_default();
+        // A namespaced request in the release's namespace may be granted by the Role; anything
+        // else needs the ClusterRole.
+        if namespace.as_deref() == Some(NAMESPACE) && permission.group == "coordination.k8s.io" {
+            own.insert(permission);
+        } else {
+            cluster.insert(permission);
+        }
+    }
+    let mut problems = Vec::new();
+    for binary in ["ferrolb-controller", "ferrolb-speaker"] {
+        let (granted_cluster, granted_ns) = grants(&chart, binary);
+        let (used_cluster, used_ns) = used.get(binary).cloned().unwrap_or_default();
+        for (scope, granted, used) in
+            [("ClusterRole", &granted_cluster, &used_cluster), ("Role", &granted_ns, &used_ns)]
+        {
+            for p in used.difference(granted) {
+                problems.push(format!("{binary} {scope}: missing {p}"));
+            }
+            for p in granted.difference(used) {
+                problems.push(format!("{binary} {scope}: unused {p}"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "the chart's RBAC and the lab disagree:\n{}", problems.join("\n"));
+}
