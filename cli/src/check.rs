@@ -1,0 +1,152 @@
+//! `ferrolb check`: IPPool YAML validated offline with the controller's own code — the same
+//! parser, the same status (address counts, Invalid and Conflicting conditions) the controller
+//! would write — plus what the API server would refuse (unknown fields, a wrong kind).
+
+use std::collections::BTreeMap;
+
+use ferrolb_controller::allocator::Allocator;
+use ferrolb_controller::reconcile::pool_status::{desired_status, pool_config};
+use ferrolb_crds::IPPool;
+use serde_json::Value;
+
+/// What `check` found about one pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolReport {
+    /// The pool's name.
+    pub name: String,
+    /// Problems that make the pool invalid or conflicting; empty when it is fine.
+    pub problems: Vec<String>,
+    /// Addresses per family, as the pool's status would show them (`IPv4 11`).
+    pub counts: Vec<String>,
+}
+
+/// The report for every IPPool among `docs`, and the documents that are not IPPools (by kind and
+/// name), which `check` does not judge.
+pub fn check(docs: &[Value]) -> (Vec<PoolReport>, Vec<String>) {
+    let mut reports = Vec::new();
+    let mut others = Vec::new();
+    let mut pools = Vec::new();
+    for doc in docs {
+        if crate::yaml::kind(doc) != "IPPool" {
+            others.push(format!("{} {}", crate::yaml::kind(doc), crate::yaml::name(doc)));
+            continue;
+        }
+        let name = crate::yaml::name(doc).to_string();
+        let mut problems = Vec::new();
+        if doc.get("apiVersion").and_then(Value::as_str) != Some("ferrolb.io/v1alpha1") {
+            problems.push(format!("apiVersion must be ferrolb.io/v1alpha1, not {}", doc["apiVersion"]));
+        }
+        if name.is_empty() {
+            problems.push("metadata.name is missing".into());
+        }
+        match serde_json::from_value::<IPPool>(doc.clone()) {
+            Ok(pool) => {
+                let known = serde_json::to_value(&pool.spec).unwrap_or(Value::Null);
+                unknown_fields("spec", &doc["spec"], &known, &mut problems);
+                if pool.spec.priority < 0 {
+                    problems.push("spec.priority must not be negative".into());
+                }
+                pools.push((name.clone(), pool, problems.len()));
+            }
+            Err(e) => problems.push(format!("not an IPPool: {e}")),
+        }
+        reports.push(PoolReport { name, problems, counts: Vec::new() });
+    }
+    // The controller's view: the pools in one allocator, which finds overlaps between them.
+    let mut alloc = Allocator::new();
+    let mut errors: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, pool, _) in &pools {
+        let (config, errs) = pool_config(pool);
+        alloc.set_pool(name, config);
+        errors.insert(name.clone(), errs);
+    }
+    let overlaps = alloc.overlaps();
+    for (name, pool, _) in &pools {
+        let status = desired_status(pool, &alloc, &errors[name], &overlaps);
+        let Some(report) = reports.iter_mut().find(|r| r.name == *name) else { continue };
+        for c in status.conditions.iter().filter(|c| c.type_ != "Ready" && c.status == "True") {
+            report.problems.push(format!("{}: {}", c.type_, c.message));
+        }
+        for (family, counts) in [("IPv4", &status.ipv4), ("IPv6", &status.ipv6)] {
+            if let Some(c) = counts {
+                report.counts.push(format!("{family} {}", c.total));
+            }
+        }
+    }
+    (reports, others)
+}
+
+/// Adds a problem for every key of `given` that the typed spec did not keep (`known`), the way
+/// the API server's strict field validation refuses them.
+fn unknown_fields(path: &str, given: &Value, known: &Value, problems: &mut Vec<String>) {
+    let (Some(given), Some(known)) = (given.as_object(), known.as_object()) else { return };
+    for (k, v) in given {
+        match known.get(k) {
+            None => problems.push(format!("unknown field {path}.{k}")),
+            Some(kv) if kv.is_object() && !path.ends_with("Selector") && !k.ends_with("Selector") => {
+                unknown_fields(&format!("{path}.{k}"), v, kv, problems);
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// The report as text, one line a pool; whether every pool passed.
+pub fn render(reports: &[PoolReport], others: &[String]) -> (String, bool) {
+    let mut out = String::new();
+    for r in reports {
+        if r.problems.is_empty() {
+            out.push_str(&format!("ok       IPPool {}: {}\n", r.name, r.counts.join(", ")));
+        } else {
+            for p in &r.problems {
+                out.push_str(&format!("invalid  IPPool {}: {p}\n", r.name));
+            }
+        }
+    }
+    for o in others {
+        out.push_str(&format!("skipped  {o}: not an IPPool\n"));
+    }
+    (out, reports.iter().all(|r| r.problems.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(yaml: &str) -> Vec<PoolReport> {
+        check(&crate::yaml::documents("t", yaml).unwrap()).0
+    }
+
+    #[test]
+    fn a_good_pool_shows_its_counts() {
+        let r = run(
+            "apiVersion: ferrolb.io/v1alpha1\nkind: IPPool\nmetadata: {name: home}\nspec:\n  addresses: [192.168.1.240-192.168.1.250, fd00:10::/120]\n",
+        );
+        assert_eq!(r[0].problems, Vec::<String>::new());
+        assert_eq!(r[0].counts, ["IPv4 11", "IPv6 256"]);
+    }
+
+    #[test]
+    fn bad_entries_unknown_fields_and_overlaps_are_named() {
+        let r = run(
+            "apiVersion: ferrolb.io/v1alpha1\nkind: IPPool\nmetadata: {name: a}\nspec:\n  addresses: [192.168.1.0/24, 192.168.300.1]\n  autoAsign: false\n  l2: {interface: [eth0]}\n---\napiVersion: ferrolb.io/v1alpha1\nkind: IPPool\nmetadata: {name: b}\nspec: {addresses: [192.168.1.128/25]}\n",
+        );
+        let a = r[0].problems.join("\n");
+        assert!(a.contains("192.168.300.1"), "{a}");
+        assert!(a.contains("unknown field spec.autoAsign"), "{a}");
+        assert!(a.contains("unknown field spec.l2.interface"), "{a}");
+        assert!(a.contains("Conflicting: addresses overlap IPPool \"b\""), "{a}");
+        assert!(r[1].problems.iter().any(|p| p.contains("overlap IPPool \"a\"")), "{:?}", r[1]);
+    }
+
+    #[test]
+    fn a_pool_without_addresses_or_of_another_version_is_invalid() {
+        let r = run("apiVersion: ferrolb.io/v1\nkind: IPPool\nmetadata: {name: x}\nspec: {addresses: []}\n");
+        let p = r[0].problems.join("\n");
+        assert!(p.contains("apiVersion must be ferrolb.io/v1alpha1"), "{p}");
+        assert!(p.contains("no usable addresses"), "{p}");
+        let (text, ok) = render(&r, &["Service web".into()]);
+        assert!(!ok);
+        assert!(text.contains("skipped  Service web"), "{text}");
+    }
+}

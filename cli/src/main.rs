@@ -1,0 +1,112 @@
+//! `ferrolb` (also `kubectl ferrolb` when installed as `kubectl-ferrolb`): status of pools and
+//! Services, migration from MetalLB, offline checks of IPPool files.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ferrolb_cli::{check, migrate, status, yaml};
+use ferrolb_crds::IPPool;
+use k8s_openapi::api::core::v1::Service;
+use kube::Api;
+
+#[derive(Parser)]
+#[command(version, about = "ferrolb's command-line tool (also usable as `kubectl ferrolb`)")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pools with their usage, and every Service ferrolb handles with its addresses, pool and
+    /// announcing node.
+    Status {
+        /// Kubeconfig to use; without it KUBECONFIG or the in-cluster configuration.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// The loadBalancerClass the controller handles.
+        #[arg(long, default_value = ferrolb_crds::annotations::DEFAULT_LB_CLASS)]
+        lb_class: String,
+    },
+    /// Read MetalLB IPAddressPool and L2Advertisement YAML and write the equivalent IPPools to
+    /// stdout; what cannot be translated is said on stderr.
+    Migrate {
+        /// Files to read (`-` for stdin).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Validate IPPool YAML offline with the controller's own parser; exits 1 if a pool is
+    /// invalid or overlaps another.
+    Check {
+        /// Files to read (`-` for stdin).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// Every document of every file.
+fn read(files: &[PathBuf]) -> Result<Vec<serde_json::Value>, String> {
+    let mut docs = Vec::new();
+    for f in files {
+        let name = f.display().to_string();
+        let text = if name == "-" {
+            std::io::read_to_string(std::io::stdin()).map_err(|e| format!("stdin: {e}"))?
+        } else {
+            std::fs::read_to_string(f).map_err(|e| format!("{name}: {e}"))?
+        };
+        docs.extend(yaml::documents(&name, &text).map_err(|e| e.to_string())?);
+    }
+    Ok(docs)
+}
+
+async fn run(args: Args) -> Result<ExitCode, String> {
+    match args.command {
+        Command::Check { files } => {
+            let (reports, others) = check::check(&read(&files)?);
+            if reports.is_empty() {
+                return Err("no IPPool found".into());
+            }
+            let (text, ok) = check::render(&reports, &others);
+            print!("{text}");
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Migrate { files } => {
+            let m = migrate::migrate(&read(&files)?);
+            if m.pools.is_empty() {
+                return Err("no MetalLB IPAddressPool found".into());
+            }
+            print!("{}", yaml::to_yaml(&m.pools));
+            for n in &m.notes {
+                eprintln!("note: {n}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { kubeconfig, lb_class } => {
+            let client = ferrolb_crds::runtime::connect(kubeconfig.as_deref(), "ferrolb-cli")
+                .await
+                .map_err(|e| e.to_string())?;
+            let pools = Api::<IPPool>::all(client.clone())
+                .list(&Default::default())
+                .await
+                .map_err(|e| format!("listing IPPools: {e}"))?;
+            let services = Api::<Service>::all(client)
+                .list(&Default::default())
+                .await
+                .map_err(|e| format!("listing Services: {e}"))?;
+            print!("{}", status::render(&pools.items, &services.items, &lb_class));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    match run(Args::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferrolb: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
