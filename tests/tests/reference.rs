@@ -1,0 +1,99 @@
+//! docs/CONFIGURATION.md is generated from the sources of truth — the IPPool CRD's schema (the Rust
+//! types), the annotation names, both binaries' `--help`, and the chart's values.yaml — and this
+//! test fails when the file drifts from them. `FERROLB_BLESS=1 cargo test -p ferrolb-tests --test
+//! reference` rewrites it.
+
+use std::fmt::Write as _;
+
+use ferrolb_crds::annotations::{self, ALLOCATED_FROM, ANNOUNCED_CONDITION, EXCLUDE_FROM_LB_LABEL};
+use ferrolb_tests::lab::processes;
+use kube::CustomResourceExt;
+use serde_json::Value;
+
+/// One row per field of the schema under `path`, depth first.
+fn fields(out: &mut String, path: &str, schema: &Value) {
+    let Some(props) = schema["properties"].as_object() else { return };
+    for (name, s) in props {
+        let full = format!("{path}.{name}");
+        let ty = match s["type"].as_str() {
+            Some("array") => format!("[]{}", s["items"]["type"].as_str().unwrap_or("object")),
+            Some(t) => t.to_string(),
+            None => "object".to_string(),
+        };
+        let default = if s["default"].is_null() { String::new() } else { format!("`{}`", s["default"]) };
+        let doc = s["description"].as_str().unwrap_or_default().replace('\n', " ").replace('|', "\\|");
+        let _ = writeln!(out, "| `{full}` | {ty} | {default} | {doc} |");
+        // Label selectors are Kubernetes' own type; their fields are not ferrolb's to document.
+        if !name.ends_with("Selector") {
+            fields(out, &full, s);
+            fields(out, &format!("{full}[]"), &s["items"]);
+        }
+    }
+}
+
+fn help(binary: &str) -> String {
+    let path = processes::binary(binary).expect("the binaries are built (cargo build --workspace)");
+    let out = std::process::Command::new(path).arg("--help").output().unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn generate() -> String {
+    let mut out = String::from(
+        "# Configuration reference\n\n\
+         Generated from the code by `tests/tests/reference.rs` (the IPPool types, the annotation names,\n\
+         the binaries' `--help`, the chart's values.yaml); a test fails when this file drifts from them.\n\
+         Decisions and examples are in [API.md](API.md) and [ALLOCATION.md](ALLOCATION.md).\n\n",
+    );
+    let crd = serde_json::to_value(ferrolb_crds::IPPool::crd()).unwrap();
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    out.push_str("## IPPool (`ferrolb.io/v1alpha1`, cluster-scoped)\n\n| field | type | default | meaning |\n|---|---|---|---|\n");
+    fields(&mut out, "spec", &schema["properties"]["spec"]);
+    out.push_str("\nStatus (written by the controller):\n\n| field | type | default | meaning |\n|---|---|---|---|\n");
+    fields(&mut out, "status", &schema["properties"]["status"]);
+
+    out.push_str("\n## Service annotations, labels and conditions\n\n| name | set by | meaning | also read |\n|---|---|---|---|\n");
+    for (a, meaning) in [
+        (&annotations::POOL, "the IPPool to take the address from"),
+        (&annotations::IPS, "the addresses to give (a comma list, at most one per family)"),
+        (&annotations::SHARING_KEY, "Services with the same key may share an address (on different ports)"),
+    ] {
+        let aliases: Vec<String> = a.aliases.iter().map(|x| format!("`{x}`")).collect();
+        let _ = writeln!(out, "| `{}` | you | {meaning} | {} |", a.name, aliases.join(", "));
+    }
+    let _ = writeln!(out, "| `{ALLOCATED_FROM}` | controller | the pool the Service's addresses came from | |");
+    let _ = writeln!(
+        out,
+        "| `{ANNOUNCED_CONDITION}` (status condition) | speaker | which node announces the address, on which interfaces | |"
+    );
+    let _ = writeln!(out, "| `{EXCLUDE_FROM_LB_LABEL}` (Node label) | you | this node never announces | |");
+
+    for (binary, what) in [
+        ("ferrolb-controller", "Controller flags"),
+        ("ferrolb-speaker", "Speaker flags"),
+        ("ferrolb", "Command-line tool"),
+    ] {
+        let _ = write!(out, "\n## {what} (`{binary} --help`)\n\n```text\n{}```\n", help(binary));
+    }
+    let values =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/ferrolb/values.yaml")).unwrap();
+    let _ = write!(
+        out,
+        "\n## Helm values (`charts/ferrolb/values.yaml`)\n\nEvery flag above has a value; `values.schema.json` refuses unknown keys and wrong types.\n\n```yaml\n{values}```\n"
+    );
+    out
+}
+
+#[test]
+fn the_configuration_reference_is_generated_from_the_code() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/CONFIGURATION.md");
+    let fresh = generate();
+    if std::env::var_os("FERROLB_BLESS").is_some() {
+        std::fs::write(path, &fresh).unwrap();
+        return;
+    }
+    let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        on_disk == fresh,
+        "docs/CONFIGURATION.md is out of date: run FERROLB_BLESS=1 cargo test -p ferrolb-tests --test reference"
+    );
+}
