@@ -52,3 +52,24 @@ async fn status_shows_pools_services_and_announcers() {
     let service_line = text.lines().find(|l| l.starts_with("default/echo")).unwrap_or_default();
     assert!(service_line.contains(&vip.to_string()) && service_line.ends_with(&winner), "{text}");
 }
+
+/// Linked as `kubectl-ferrolb` on the PATH, kubectl runs it as its plugin: `kubectl ferrolb …`.
+#[test]
+fn kubectl_runs_it_as_a_plugin() {
+    let Some(kubectl) = common::kubectl() else { return };
+    let dir = std::env::temp_dir().join(format!("ferrolb-plugin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(processes::binary("ferrolb").unwrap(), dir.join("kubectl-ferrolb")).unwrap();
+    let pools = dir.join("pools.yaml");
+    std::fs::write(&pools, "apiVersion: ferrolb.io/v1alpha1\nkind: IPPool\nmetadata: {name: home}\nspec: {addresses: [192.168.1.240/29]}\n").unwrap();
+    let path = std::env::join_paths(
+        std::iter::once(dir.clone()).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+    )
+    .unwrap();
+    let out =
+        std::process::Command::new(kubectl).args(["ferrolb", "check"]).arg(&pools).env("PATH", path).output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(text, "ok       IPPool home: IPv4 8\n");
+}
