@@ -1,5 +1,6 @@
-//! Applies the rendered table with `nft -f -` (one atomic transaction, as kube-proxy's nftables
-//! mode does), reads it back to notice changes made by others, and removes it.
+//! Applies rendered tables and differences as atomic transactions — through the speaker's
+//! libnftables context, or `nft -f -` (as kube-proxy's nftables mode does) when the library does
+//! not load — reads the table back to notice changes made by others, and removes it.
 
 use std::process::Stdio;
 use std::sync::{Mutex, OnceLock};
