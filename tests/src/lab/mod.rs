@@ -117,7 +117,12 @@ impl Drop for Lab {
             r.abort();
         }
         topology::teardown(&self.topology);
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // FERROLB_LAB_KEEP=1 keeps the logs of the controller and speakers for a post-mortem.
+        if std::env::var_os("FERROLB_LAB_KEEP").is_some() {
+            eprintln!("kept the lab's files in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
