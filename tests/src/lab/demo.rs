@@ -69,28 +69,27 @@ pub async fn run(say: impl Fn(&str)) -> Result<Outcome, LabError> {
     let node_of_mac = |mac: &str| lab.topology.nodes.iter().find(|n| n.mac == mac).map(|n| n.name.clone());
     let c = lab.topology.client.clone();
     let IpAddr::V4(v4) = vip else { return Err(fail("expected an IPv4 address")) };
-    let first: String = until("one node to answer ARP", Duration::from_secs(20), || {
-        let c = c.clone();
-        async move {
-            let macs = tokio::task::spawn_blocking(move || {
-                probe::arp_who_has(&c.namespace, &c.interface, &c.mac, c.ipv4, v4).ok()
-            })
-            .await
-            .ok()??;
-            let mac = macs.iter().next().filter(|_| macs.len() == 1)?;
-            Some(probe::mac_text(mac))
-        }
-    })
-    .await?;
-    let first_node = node_of_mac(&first).ok_or_else(|| fail("an unknown MAC answered"))?;
+    // Speakers started together converge within a heartbeat or two (one that has not heard of a
+    // peer yet may answer first, then hand over): wait until the one node answering ARP and the
+    // node the Announced condition names are the same.
+    let (first, first_node, announced) =
+        until("one node to answer ARP and the Announced condition to name it", Duration::from_secs(30), || {
+            let (c, api) = (c.clone(), api.clone());
+            async move {
+                let macs = tokio::task::spawn_blocking(move || {
+                    probe::arp_who_has(&c.namespace, &c.interface, &c.mac, c.ipv4, v4).ok()
+                })
+                .await
+                .ok()??;
+                let mac = probe::mac_text(macs.iter().next().filter(|_| macs.len() == 1)?);
+                let node = node_of_mac(&mac)?;
+                let cond = api.get("web").await.ok()?.status?.conditions?;
+                let message = cond.into_iter().find(|c| c.type_ == "ferrolb.io/Announced")?.message;
+                message.contains(&format!("node {node} ")).then_some((mac, node, message))
+            }
+        })
+        .await?;
     say(&format!("the client's ARP for {vip} is answered by {first} ({first_node}) only"));
-    // Speakers converge within a heartbeat or two of starting; the condition follows.
-    let announced = until("the Announced condition to name the answering node", Duration::from_secs(30), || async {
-        let c =
-            api.get("web").await.ok()?.status?.conditions?.into_iter().find(|c| c.type_ == "ferrolb.io/Announced")?;
-        c.message.contains(&format!("node {first_node} ")).then_some(c.message)
-    })
-    .await?;
     say(&format!("ferrolb.io/Announced: {announced}"));
     let ns = c.namespace.clone();
     tokio::task::spawn_blocking(move || probe::resolve(&ns, vip)).await.map_err(|e| fail(e.to_string()))?;
