@@ -182,6 +182,12 @@ class BadValues(unittest.TestCase):
         "a pool name that is no Kubernetes name": {"pools": [{"name": "Home Lab", "addresses": ["192.0.2.0/28"]}]},
     }
 
+    def test_a_bad_values_file_is_refused_with_the_key_named(self):
+        values = helm.values_from_yaml((pathlib.Path(__file__).parent / "values-bad.yaml").read_text())
+        with self.assertRaises(helm.HelmError) as refused:
+            helm.Chart.load(CHART).validate_schema(values)
+        self.assertIn("forwardng", str(refused.exception))
+
     def test_bad_values_are_refused_before_anything_renders(self):
         chart = helm.Chart.load(CHART)
         for what, values in self.cases.items():
