@@ -87,6 +87,8 @@ pub struct Metrics {
     pub nft_applies: Counter,
     /// Times the table was found changed by someone else and put back.
     pub nft_repairs: Counter,
+    /// Read-backs that found the table as applied.
+    pub nft_verified: Counter,
     /// Base chains of other tables that drop forwarded or NodePort traffic.
     pub firewall_blocking: Gauge,
 }
@@ -123,6 +125,11 @@ impl Metrics {
             "ferrolb_speaker_nft_repairs",
             "Times ferrolb's nftables table was changed by others and repaired",
             self.nft_repairs.clone(),
+        );
+        r.register(
+            "ferrolb_speaker_nft_verified",
+            "Read-backs that found ferrolb's nftables table as it was applied",
+            self.nft_verified.clone(),
         );
         r.register(
             "ferrolb_speaker_firewall_blocking_chains",
@@ -375,8 +382,10 @@ impl Firewall {
 /// else changed or deleted it.
 async fn forward(mut rules: tokio::sync::watch::Receiver<Option<Arc<Ruleset>>>, metrics: Metrics, firewall: Firewall) {
     const CHECK_EVERY: Duration = Duration::from_secs(2);
-    // The ruleset the kernel holds, if the last transaction succeeded.
+    // The ruleset the kernel holds, if the last transaction succeeded, and the content the
+    // first read-back after it found (see `readback`).
     let mut applied: Option<Arc<Ruleset>> = None;
+    let mut adopted: Option<std::collections::BTreeMap<String, u64>> = None;
     let mut reported: Vec<String> = Vec::new();
     let mut next_check = tokio::time::Instant::now() + CHECK_EVERY;
     loop {
@@ -387,8 +396,16 @@ async fn forward(mut rules: tokio::sync::watch::Receiver<Option<Arc<Ruleset>>>, 
                 let started = tokio::time::Instant::now();
                 // Nothing applied yet (or the last attempt failed): try again below.
                 if let Some(expected) = &applied {
-                    let listed = forwarding::nft::current().await.ok().and_then(|json| readback::shape(&json));
-                    if listed.as_ref() != Some(&expected.shape()) {
+                    let listed = forwarding::nft::current().await.ok().and_then(|json| readback::read(&json));
+                    let intact = listed.as_ref().is_some_and(|l| {
+                        l.shape == expected.shape() && adopted.as_ref().is_none_or(|c| *c == l.content)
+                    });
+                    if intact {
+                        if adopted.is_none() {
+                            adopted = listed.map(|l| l.content);
+                        }
+                        metrics.nft_verified.inc();
+                    } else {
                         tracing::warn!("ferrolb's nftables table was changed by someone else; repairing it");
                         metrics.nft_repairs.inc();
                         applied = None;
@@ -410,6 +427,7 @@ async fn forward(mut rules: tokio::sync::watch::Receiver<Option<Arc<Ruleset>>>, 
             Ok(()) => {
                 metrics.nft_applies.inc();
                 applied = Some(wanted);
+                adopted = None;
             }
             Err(e) => {
                 // The kernel refused the transaction as a whole; start over from a full table.

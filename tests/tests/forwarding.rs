@@ -316,7 +316,7 @@ async fn node_ports_ipv6_refusal_source_ranges_deletion_and_repair() {
     })
     .await;
 
-    // A rule deleted by hand is put back.
+    // A chain flushed by hand is put back.
     let announcer = lab.topology.nodes.iter().map(|n| n.namespace.clone()).find(|n| {
         netns::exec(n, "nft", &["list", "map", "inet", "ferrolb", "vips_v4"]).is_ok_and(|m| m.contains(&v4.to_string()))
     });
@@ -327,18 +327,44 @@ async fn node_ports_ipv6_refusal_source_ranges_deletion_and_repair() {
         chain.contains("vmap @vips_v4").then_some(())
     })
     .await;
-    let ns_r = any_node.clone();
-    let metrics = tokio::task::spawn_blocking(move || {
-        ferrolb_tests::lab::probe::http_get_in(&ns_r, "127.0.0.1:7474".parse().unwrap(), "/metrics").unwrap_or_default()
+    let counter = |name: &'static str| {
+        let ns = any_node.clone();
+        async move {
+            let metrics = tokio::task::spawn_blocking(move || {
+                ferrolb_tests::lab::probe::http_get_in(&ns, "127.0.0.1:7474".parse().unwrap(), "/metrics")
+            })
+            .await
+            .ok()??;
+            let line = metrics.lines().find(|l| l.starts_with(&format!("{name}_total ")))?;
+            line.rsplit(' ').next()?.parse::<f64>().ok()
+        }
+    };
+    let repairs = counter("ferrolb_speaker_nft_repairs").await.unwrap_or(0.0);
+    assert!(repairs >= 1.0, "the repair was not counted");
+
+    // A rule replaced in place by another (the same number of rules) is put back too, once the
+    // speaker has read the repaired table back and taken its content as the reference.
+    let verified = counter("ferrolb_speaker_nft_verified").await.unwrap_or(0.0);
+    common::eventually("a read-back after the repair", Duration::from_secs(10), || async {
+        (counter("ferrolb_speaker_nft_verified").await? > verified).then_some(())
     })
-    .await
-    .unwrap();
-    let repairs: f64 = metrics
+    .await;
+    let listed = netns::exec(&any_node, "nft", &["-a", "list", "chain", "inet", "ferrolb", "nat_prerouting"]).unwrap();
+    let handle = listed
         .lines()
-        .find(|l| l.starts_with("ferrolb_speaker_nft_repairs_total "))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0);
-    assert!(repairs >= 1.0, "the repair was not counted: {metrics}");
+        .filter(|l| l.contains("vmap @vips_v4"))
+        .find_map(|l| l.split("# handle ").nth(1))
+        .expect("the VIP rule's handle")
+        .trim()
+        .to_string();
+    let replace = ["replace", "rule", "inet", "ferrolb", "nat_prerouting", "handle", &handle, "accept"];
+    netns::exec(&any_node, "nft", &replace).unwrap();
+    common::eventually("the replaced rule to be repaired", Duration::from_secs(10), || async {
+        let chain = netns::exec(&any_node, "nft", &["list", "chain", "inet", "ferrolb", "nat_prerouting"]).ok()?;
+        chain.contains("vmap @vips_v4").then_some(())
+    })
+    .await;
+    assert!(counter("ferrolb_speaker_nft_repairs").await.unwrap_or(0.0) > repairs, "the second repair was counted");
 
     // A FORWARD policy of drop (as Docker sets) on a node is noticed and reported, never changed.
     let n1 = lab.topology.nodes[0].namespace.clone();

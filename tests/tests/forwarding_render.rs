@@ -97,7 +97,14 @@ fn the_kernel_takes_the_table_whole_and_by_difference() {
             }
             assert_eq!(kernel_view(&by_diff), kernel_view(&whole), "step {n}: the difference left another table");
             let listed = netns::exec(&by_diff, "nft", &["-j", "list", "table", "inet", "ferrolb"]).unwrap();
-            assert_eq!(readback::shape(&listed), Some(rs.shape()), "step {n}: the read-back sees the table applied");
+            let read = readback::read(&listed).expect("nft's JSON");
+            assert_eq!(read.shape, rs.shape(), "step {n}: the read-back sees the table applied");
+            let whole_listed = netns::exec(&whole, "nft", &["-j", "list", "table", "inet", "ferrolb"]).unwrap();
+            assert_eq!(
+                readback::read(&whole_listed).map(|l| l.content),
+                Some(read.content),
+                "step {n}: the same table reads back with the same content"
+            );
             applied = Some(rs);
         }
         // Spot-check the whole table's content in the kernel's own words.
@@ -116,24 +123,43 @@ fn the_kernel_takes_the_table_whole_and_by_difference() {
             assert!(flat.contains(needle), "{needle} missing: {listed}");
         }
         assert_eq!(listed.matches("table inet ferrolb").count(), 1, "one table, replaced atomically");
-        // What someone might do by hand shows in the read-back.
-        let expected = Some(build(&sample(2, 0)).shape());
-        let read =
-            || readback::shape(&netns::exec(&whole, "nft", &["-j", "list", "table", "inet", "ferrolb"]).unwrap());
-        assert_eq!(read(), expected);
+        // What someone might do by hand shows in the read-back: in the shape, or in the content.
+        let expected = build(&sample(2, 0)).shape();
+        let read = || {
+            readback::read(&netns::exec(&whole, "nft", &["-j", "list", "table", "inet", "ferrolb"]).unwrap())
+                .expect("nft's JSON")
+        };
+        let content = read().content;
+        assert_eq!(read().shape, expected);
         netns::exec(
             &whole,
             "nft",
             &["delete", "element", "inet", "ferrolb", "vips_v4", "{ 198.51.100.201 . tcp . 80 }"],
         )
         .unwrap();
-        assert_ne!(read(), expected, "a deleted element is noticed");
+        assert_ne!(read().shape, expected, "a deleted element is noticed");
         nft_file(&whole, &build(&sample(2, 0)).full()).unwrap();
         netns::exec(&whole, "nft", &["flush", "chain", "inet", "ferrolb", "svc/default/svc1/tcp/80/v4"]).unwrap();
-        assert_ne!(read(), expected, "a flushed chain is noticed");
+        assert_ne!(read().shape, expected, "a flushed chain is noticed");
         nft_file(&whole, &build(&sample(2, 0)).full()).unwrap();
         netns::exec(&whole, "nft", &["add", "rule", "inet", "ferrolb", "nat_prerouting", "accept"]).unwrap();
-        assert_ne!(read(), expected, "an added rule is noticed");
+        assert_ne!(read().shape, expected, "an added rule is noticed");
+        nft_file(&whole, &build(&sample(2, 0)).full()).unwrap();
+        assert_eq!(read().content, content, "the same table again reads back the same");
+        let chain = "svc/default/svc1/tcp/80/v4";
+        let handles = netns::exec(&whole, "nft", &["-a", "list", "chain", "inet", "ferrolb", chain]).unwrap();
+        let handle = handles
+            .lines()
+            .filter(|l| l.contains("dnat"))
+            .find_map(|l| l.split("# handle ").nth(1))
+            .expect("a rule handle")
+            .trim()
+            .to_string();
+        netns::exec(&whole, "nft", &["replace", "rule", "inet", "ferrolb", chain, "handle", &handle, "accept"])
+            .unwrap();
+        let after = read();
+        assert_eq!(after.shape, expected, "a rule replaced in place keeps the shape");
+        assert_ne!(after.content, content, "but not the content");
     });
     netns::delete(&by_diff);
     netns::delete(&whole);
