@@ -283,9 +283,11 @@ pub async fn run(
                 lease::peers(leases.state().iter().map(|l| &**l), jiff::Timestamp::now()).into_keys(),
                 Instant::now(),
             );
-            // Announce nothing until every registered peer has been heard (or the grace is over),
-            // so a starting speaker never takes an address a live peer holds.
-            settled = settled || l.heard_all(&cfg.node) || started.elapsed() >= cfg.timings.grace;
+            // Announce nothing until the peers are heard (or the grace is over), so a starting
+            // speaker never takes an address a live peer holds.
+            let usable = nodes.state();
+            let expects = usable.iter().filter(|n| views::node(n).usable).filter_map(|n| n.metadata.name.as_deref());
+            settled = settled || l.settled(&cfg.node, expects, started.elapsed(), &cfg.timings);
             l.alive(&cfg.node, false, &cfg.timings, Instant::now())
         };
         state.metrics.peers.set(alive.len() as i64);

@@ -60,9 +60,18 @@ impl Liveness {
         }
     }
 
-    /// Whether every registered peer has been heard from (the start-up settle is over early).
-    pub fn heard_all(&self, me: &str) -> bool {
-        self.registered.keys().all(|p| p == me || self.heard.contains_key(p))
+    /// Whether a speaker started `since_start` ago may announce: it has heard every registered
+    /// peer and every peer it `expects` (the speakers of usable Nodes, whose Leases may not show
+    /// yet when nodes boot together), or the grace is over.
+    pub fn settled<'a>(
+        &self,
+        me: &str,
+        expects: impl IntoIterator<Item = &'a str>,
+        since_start: Duration,
+        t: &Timings,
+    ) -> bool {
+        let heard = |p: &str| p == me || self.heard.contains_key(p);
+        since_start >= t.grace || (self.registered.keys().all(|p| heard(p)) && expects.into_iter().all(heard))
     }
 
     /// The peers alive now: registered, not leaving, and heard within the timeout. A peer never
@@ -101,7 +110,7 @@ mod tests {
         l.set_registered(["a".to_string(), "b".to_string(), "c".to_string()], t0);
         // Peers never heard are not alive yet.
         assert_eq!(l.alive("a", false, &t, t0), BTreeSet::from(["a".to_string()]));
-        assert!(!l.heard_all("a"));
+        assert!(!l.settled("a", ["a"], Duration::ZERO, &t));
         l.heard("b", false, t0 + Duration::from_millis(100));
         assert_eq!(l.alive("a", false, &t, t0 + Duration::from_millis(150)).len(), 2);
         let later = t0 + Duration::from_secs(3);
@@ -115,5 +124,28 @@ mod tests {
         l.set_registered(["a".to_string()], later);
         l.heard("b", false, later);
         assert_eq!(l.alive("a", false, &t, later), BTreeSet::from(["a".to_string()]));
+    }
+
+    #[test]
+    fn a_starting_speaker_waits_for_registered_and_expected_peers_or_the_grace() {
+        let t = Timings::default();
+        let t0 = Instant::now();
+        let early = Duration::from_millis(300);
+        let mut l = Liveness::default();
+        l.set_registered(["a".to_string(), "b".to_string()], t0);
+        assert!(!l.settled("a", ["a", "b"], early, &t), "b is registered but not heard");
+        l.heard("b", false, t0);
+        assert!(l.settled("a", ["a", "b"], early, &t));
+        // c is a usable Node whose speaker has not registered yet (booting together).
+        assert!(!l.settled("a", ["a", "b", "c"], early, &t));
+        l.heard("c", false, t0);
+        l.set_registered(["a".to_string(), "b".to_string()], t0);
+        assert!(!l.settled("a", ["a", "b", "c"], early, &t), "heard before its Lease: forgotten");
+        l.set_registered(["a".to_string(), "b".to_string(), "c".to_string()], t0);
+        l.heard("c", false, t0);
+        assert!(l.settled("a", ["a", "b", "c"], early, &t));
+        // A Node without a speaker delays the start by the grace, no more.
+        assert!(!l.settled("a", ["a", "b", "c", "d"], early, &t));
+        assert!(l.settled("a", ["a", "b", "c", "d"], t.grace, &t));
     }
 }

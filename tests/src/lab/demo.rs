@@ -69,9 +69,8 @@ pub async fn run(say: impl Fn(&str)) -> Result<Outcome, LabError> {
     let node_of_mac = |mac: &str| lab.topology.nodes.iter().find(|n| n.mac == mac).map(|n| n.name.clone());
     let c = lab.topology.client.clone();
     let IpAddr::V4(v4) = vip else { return Err(fail("expected an IPv4 address")) };
-    // Speakers started together converge within a heartbeat or two (one that has not heard of a
-    // peer yet may answer first, then hand over): wait until the one node answering ARP and the
-    // node the Announced condition names are the same.
+    // The condition is written a moment after the first answer: wait until the one node
+    // answering ARP and the node the Announced condition names are the same.
     let (first, first_node, announced) =
         until("one node to answer ARP and the Announced condition to name it", Duration::from_secs(30), || {
             let (c, api) = (c.clone(), api.clone());
