@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use ferrolb_tests::lab::probe::tcp_once;
+use ferrolb_tests::lab::probe::{self, tcp_once};
 use ferrolb_tests::lab::{Lab, netns, sctp};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -329,15 +329,7 @@ async fn node_ports_ipv6_refusal_source_ranges_deletion_and_repair() {
     .await;
     let counter = |name: &'static str| {
         let ns = any_node.clone();
-        async move {
-            let metrics = tokio::task::spawn_blocking(move || {
-                ferrolb_tests::lab::probe::http_get_in(&ns, "127.0.0.1:7474".parse().unwrap(), "/metrics")
-            })
-            .await
-            .ok()??;
-            let line = metrics.lines().find(|l| l.starts_with(&format!("{name}_total ")))?;
-            line.rsplit(' ').next()?.parse::<f64>().ok()
-        }
+        async move { probe::metric(&probe::speaker_metrics(&ns).await?, &format!("{name}_total")) }
     };
     let repairs = counter("ferrolb_speaker_nft_repairs").await.unwrap_or(0.0);
     assert!(repairs >= 1.0, "the repair was not counted");
@@ -349,14 +341,7 @@ async fn node_ports_ipv6_refusal_source_ranges_deletion_and_repair() {
         (counter("ferrolb_speaker_nft_verified").await? > verified).then_some(())
     })
     .await;
-    let listed = netns::exec(&any_node, "nft", &["-a", "list", "chain", "inet", "ferrolb", "nat_prerouting"]).unwrap();
-    let handle = listed
-        .lines()
-        .filter(|l| l.contains("vmap @vips_v4"))
-        .find_map(|l| l.split("# handle ").nth(1))
-        .expect("the VIP rule's handle")
-        .trim()
-        .to_string();
+    let handle = probe::rule_handle(&any_node, "nat_prerouting", "vmap @vips_v4").expect("the VIP rule's handle");
     let replace = ["replace", "rule", "inet", "ferrolb", "nat_prerouting", "handle", &handle, "accept"];
     netns::exec(&any_node, "nft", &replace).unwrap();
     common::eventually("the replaced rule to be repaired", Duration::from_secs(10), || async {
@@ -391,16 +376,8 @@ async fn node_ports_ipv6_refusal_source_ranges_deletion_and_repair() {
     assert!(message.contains("ip filter FORWARD: hook forward, policy drop"), "{message}");
     let listed = netns::exec(&n1, "nft", &["list", "chain", "ip", "filter", "FORWARD"]).unwrap();
     assert!(listed.contains("policy drop"), "ferrolb must not rewrite rules it does not own");
-    let metrics = tokio::task::spawn_blocking({
-        let n1 = n1.clone();
-        move || {
-            ferrolb_tests::lab::probe::http_get_in(&n1, "127.0.0.1:7474".parse().unwrap(), "/metrics")
-                .unwrap_or_default()
-        }
-    })
-    .await
-    .unwrap();
-    assert!(metrics.contains("ferrolb_speaker_firewall_blocking_chains 1"), "{metrics}");
+    let metrics = probe::speaker_metrics(&n1).await.unwrap_or_default();
+    assert_eq!(probe::metric(&metrics, "ferrolb_speaker_firewall_blocking_chains"), Some(1.0), "{metrics}");
     netns::exec(&n1, "nft", &["delete", "table", "ip", "filter"]).unwrap();
 
     // Deleting a Service removes its rules everywhere.

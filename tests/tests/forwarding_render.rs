@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use ferrolb_speaker::forwarding::readback;
 use ferrolb_speaker::forwarding::render::{Port, Proto, Ruleset, Service, build};
-use ferrolb_tests::lab::netns;
+use ferrolb_tests::lab::{netns, probe};
 
 /// Three Services (sticky Cluster, Local, guarded) with `endpoints` endpoints on TCP 80 and on
 /// SCTP 9000 (`shift` moves their addresses), and a UDP port without endpoints.
@@ -147,14 +147,7 @@ fn the_kernel_takes_the_table_whole_and_by_difference() {
         nft_file(&whole, &build(&sample(2, 0)).full()).unwrap();
         assert_eq!(read().content, content, "the same table again reads back the same");
         let chain = "svc/default/svc1/tcp/80/v4";
-        let handles = netns::exec(&whole, "nft", &["-a", "list", "chain", "inet", "ferrolb", chain]).unwrap();
-        let handle = handles
-            .lines()
-            .filter(|l| l.contains("dnat"))
-            .find_map(|l| l.split("# handle ").nth(1))
-            .expect("a rule handle")
-            .trim()
-            .to_string();
+        let handle = probe::rule_handle(&whole, chain, "dnat").expect("a rule handle");
         netns::exec(&whole, "nft", &["replace", "rule", "inet", "ferrolb", chain, "handle", &handle, "accept"])
             .unwrap();
         let after = read();

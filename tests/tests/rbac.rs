@@ -9,7 +9,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use ferrolb_tests::lab::{Lab, netns};
+use ferrolb_tests::lab::{Lab, netns, probe};
 use ferrolb_tests::rbac::{self, Permission};
 use k8s_openapi::api::core::v1::{Event, Service};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -134,18 +134,11 @@ async fn the_charts_rbac_is_exactly_what_the_binaries_use() {
     drop_forward();
     common::eventually("a ForwardingBlocked Warning", Duration::from_secs(20), blocked).await;
     netns::exec(&n1, "nft", &["delete", "table", "ip", "filter"]).unwrap();
-    let metrics_say = |value: &'static str| {
-        let n1 = n1.clone();
-        async move {
-            let m = tokio::task::spawn_blocking(move || {
-                ferrolb_tests::lab::probe::http_get_in(&n1, "127.0.0.1:7474".parse().unwrap(), "/metrics")
-            })
-            .await
-            .ok()??;
-            m.contains(&format!("ferrolb_speaker_firewall_blocking_chains {value}")).then_some(())
-        }
-    };
-    common::eventually("the speaker to see the firewall gone", Duration::from_secs(20), || metrics_say("0")).await;
+    common::eventually("the speaker to see the firewall gone", Duration::from_secs(20), || async {
+        let metrics = probe::speaker_metrics(&n1).await?;
+        (probe::metric(&metrics, "ferrolb_speaker_firewall_blocking_chains")? == 0.0).then_some(())
+    })
+    .await;
     drop_forward();
     common::eventually("the report to repeat", Duration::from_secs(20), || async {
         (blocked().await? == 2).then_some(())

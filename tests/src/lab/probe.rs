@@ -203,3 +203,23 @@ pub fn tcp_once(ns: &str, addr: std::net::SocketAddr) -> Option<String> {
     .ok()
     .flatten()
 }
+
+/// Where the lab's speakers serve /metrics, inside their node's namespace.
+pub const SPEAKER_METRICS: &str = "127.0.0.1:7474";
+
+/// The /metrics text of the speaker in node namespace `ns` (the request runs off the runtime).
+pub async fn speaker_metrics(ns: &str) -> Option<String> {
+    let ns = ns.to_string();
+    tokio::task::spawn_blocking(move || http_get_in(&ns, SPEAKER_METRICS.parse().ok()?, "/metrics")).await.ok()?
+}
+
+/// The value of the sample `name` (for counters with their `_total`) in /metrics text.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The handle of the first rule of `chain` in ferrolb's table whose text contains `needle`.
+pub fn rule_handle(ns: &str, chain: &str, needle: &str) -> Option<String> {
+    let listed = netns::exec(ns, "nft", &["-a", "list", "chain", "inet", "ferrolb", chain]).ok()?;
+    listed.lines().filter(|l| l.contains(needle)).find_map(|l| Some(l.split("# handle ").nth(1)?.trim().to_string()))
+}
