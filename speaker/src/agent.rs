@@ -424,8 +424,12 @@ async fn forward(mut rules: tokio::sync::watch::Receiver<Option<Arc<Ruleset>>>, 
             Some(old) => wanted.changes_from(old),
             None => wanted.full(),
         };
-        let result = if text.is_empty() { Ok(()) } else { forwarding::nft::apply(&text).await };
-        match result {
+        if text.is_empty() {
+            // The same table under another name: nothing to write, nothing to read back anew.
+            applied = Some(wanted);
+            continue;
+        }
+        match forwarding::nft::apply(&text).await {
             Ok(()) => {
                 metrics.nft_applies.inc();
                 applied = Some(wanted);
