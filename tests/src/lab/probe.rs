@@ -21,6 +21,22 @@ fn parse_mac(text: &str) -> [u8; 6] {
 
 /// Sends `request` on `iface` inside `ns` and collects, for `window`, the MACs that `pick`
 /// finds in the frames that come back.
+/// The two ends of a raw Ethernet channel.
+type Ethernet = (Box<dyn datalink::DataLinkSender>, Box<dyn datalink::DataLinkReceiver>);
+
+/// A raw Ethernet channel on `iface` of the calling thread's namespace, reads waiting at most
+/// `read_timeout`.
+fn ethernet(iface: &str, read_timeout: Option<Duration>) -> Result<Ethernet, LabError> {
+    let nic = datalink::interfaces()
+        .into_iter()
+        .find(|i| i.name == iface)
+        .ok_or_else(|| LabError::Io(std::io::Error::other("no such interface")))?;
+    match datalink::channel(&nic, datalink::Config { read_timeout, ..Default::default() })? {
+        Channel::Ethernet(tx, rx) => Ok((tx, rx)),
+        _ => Err(LabError::Io(std::io::Error::other("not Ethernet"))),
+    }
+}
+
 fn ask(
     ns: &str,
     iface: &str,
@@ -29,15 +45,7 @@ fn ask(
     pick: impl Fn(&[u8]) -> Option<[u8; 6]> + Send,
 ) -> Result<BTreeSet<[u8; 6]>, LabError> {
     netns::in_ns(ns, move || -> Result<BTreeSet<[u8; 6]>, LabError> {
-        let nic = datalink::interfaces()
-            .into_iter()
-            .find(|i| i.name == iface)
-            .ok_or_else(|| LabError::Io(std::io::Error::other("no such interface")))?;
-        let config = datalink::Config { read_timeout: Some(Duration::from_millis(20)), ..Default::default() };
-        let (mut tx, mut rx) = match datalink::channel(&nic, config)? {
-            Channel::Ethernet(tx, rx) => (tx, rx),
-            _ => return Err(LabError::Io(std::io::Error::other("not Ethernet"))),
-        };
+        let (mut tx, mut rx) = ethernet(iface, Some(Duration::from_millis(20)))?;
         tx.send_to(&request, None);
         let deadline = Instant::now() + window;
         let mut macs = BTreeSet::new();
@@ -115,14 +123,7 @@ pub fn mac_text(mac: &[u8; 6]) -> String {
 /// Sends raw frames on `iface` inside `ns` (a foreign host claiming an address, say).
 pub fn send_frames(ns: &str, iface: &str, frames: Vec<Vec<u8>>) -> Result<(), LabError> {
     netns::in_ns(ns, move || -> Result<(), LabError> {
-        let nic = datalink::interfaces()
-            .into_iter()
-            .find(|i| i.name == iface)
-            .ok_or_else(|| LabError::Io(std::io::Error::other("no such interface")))?;
-        let (mut tx, _rx) = match datalink::channel(&nic, datalink::Config::default())? {
-            Channel::Ethernet(tx, rx) => (tx, rx),
-            _ => return Err(LabError::Io(std::io::Error::other("not Ethernet"))),
-        };
+        let (mut tx, _rx) = ethernet(iface, None)?;
         for f in frames {
             tx.send_to(&f, None);
         }
@@ -162,15 +163,7 @@ pub fn arp_rtts(
     let me = parse_mac(client_mac);
     let iface = iface.to_string();
     netns::in_ns(ns, move || -> Result<Vec<Duration>, LabError> {
-        let nic = datalink::interfaces()
-            .into_iter()
-            .find(|i| i.name == iface)
-            .ok_or_else(|| LabError::Io(std::io::Error::other("no such interface")))?;
-        let config = datalink::Config { read_timeout: Some(Duration::from_millis(5)), ..Default::default() };
-        let (mut tx, mut rx) = match datalink::channel(&nic, config)? {
-            Channel::Ethernet(tx, rx) => (tx, rx),
-            _ => return Err(LabError::Io(std::io::Error::other("not Ethernet"))),
-        };
+        let (mut tx, mut rx) = ethernet(&iface, Some(Duration::from_millis(5)))?;
         let mut request = arp::gratuitous_request(me, target);
         request[28..32].copy_from_slice(&client_ip.octets());
         let mut out = Vec::with_capacity(count);
