@@ -284,10 +284,12 @@ pub async fn run(
                 Instant::now(),
             );
             // Announce nothing until the peers are heard (or the grace is over), so a starting
-            // speaker never takes an address a live peer holds.
-            let usable = nodes.state();
-            let expects = usable.iter().filter(|n| views::node(n).usable).filter_map(|n| n.metadata.name.as_deref());
-            settled = settled || l.settled(&cfg.node, expects, started.elapsed(), &cfg.timings);
+            // speaker never takes an address a live peer holds. Decided once, at start.
+            if !settled {
+                let nodes = nodes.state();
+                let expects = nodes.iter().filter(|n| views::node(n).usable).filter_map(|n| n.metadata.name.as_deref());
+                settled = l.settled(&cfg.node, expects, started.elapsed(), &cfg.timings);
+            }
             l.alive(&cfg.node, false, &cfg.timings, Instant::now())
         };
         state.metrics.peers.set(alive.len() as i64);
