@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use ferrolb_controller::allocator::Allocator;
-use ferrolb_controller::reconcile::pool_status::{desired_status, pool_config};
+use ferrolb_controller::reconcile::pool_status::desired_status;
+use ferrolb_controller::reconcile::read::pool_config;
 use ferrolb_crds::IPPool;
 use serde_json::Value;
 

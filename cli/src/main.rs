@@ -83,7 +83,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { kubeconfig, lb_class } => {
-            let client = ferrolb_crds::runtime::connect(kubeconfig.as_deref(), "ferrolb-cli")
+            let client = ferrolb_process::connect(kubeconfig.as_deref(), "ferrolb-cli")
                 .await
                 .map_err(|e| e.to_string())?;
             let pools = Api::<IPPool>::all(client.clone())

@@ -8,7 +8,7 @@ use clap::Parser;
 use ferrolb_controller::leader::{self, LeaderConfig};
 use ferrolb_controller::metrics::Metrics;
 use ferrolb_controller::reconcile::{self, Context, service::Handling};
-use ferrolb_crds::runtime as telemetry;
+use ferrolb_process as telemetry;
 use tokio::sync::watch;
 
 /// Flags; the names DESIGN.md gives are part of the contract.

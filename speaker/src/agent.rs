@@ -25,7 +25,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 
 use ferrolb_crds::annotations::ANNOUNCED_CONDITION;
-use ferrolb_crds::events::Recorder;
+use ferrolb_process::events::Recorder;
 
 use crate::cluster::desired::{self, Cluster};
 use crate::cluster::views;

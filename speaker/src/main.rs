@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use ferrolb_crds::runtime as telemetry;
+use ferrolb_process as telemetry;
 use ferrolb_speaker::agent;
 use ferrolb_speaker::membership::liveness::Timings;
 

@@ -8,194 +8,22 @@
 //! - What a Service holds is kept while it is still valid; a failed change never costs a Service
 //!   an address that is still valid in its pool.
 
+mod choose;
+mod error;
 mod intervals;
 mod pool;
-pub mod request;
+mod request;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt;
 use std::net::IpAddr;
 
 use ferrolb_crds::Family;
-use ferrolb_crds::selector;
 
+pub use self::error::AllocError;
 pub use self::intervals::IntervalSet;
 pub use self::pool::{Pool, PoolConfig, Selection};
-
-/// A Service, as `namespace/name`.
-pub type ServiceKey = String;
-
-/// A transport protocol of a Service port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Protocol {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-    /// SCTP.
-    Sctp,
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-            Protocol::Sctp => "SCTP",
-        })
-    }
-}
-
-/// `externalTrafficPolicy`, with the selector that Local sharing must agree on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TrafficPolicy {
-    /// Any node forwards.
-    Cluster,
-    /// Only nodes with local endpoints; sharing needs the same pod selector.
-    Local(BTreeMap<String, String>),
-}
-
-/// `ipFamilyPolicy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DualStack {
-    /// One address, of the primary family.
-    Single,
-    /// Both families when one pool has both, else the primary; the other is added later.
-    Prefer,
-    /// Both families or nothing.
-    Require,
-}
-
-/// What a Service asks for (parsed from the Service by [`request`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Request {
-    /// `namespace/name`.
-    pub key: ServiceKey,
-    /// Its namespace.
-    pub namespace: String,
-    /// Its labels.
-    pub labels: BTreeMap<String, String>,
-    /// Its namespace's labels.
-    pub namespace_labels: BTreeMap<String, String>,
-    /// `spec.ipFamilies`, primary first.
-    pub families: Vec<Family>,
-    /// `spec.ipFamilyPolicy`.
-    pub dual: DualStack,
-    /// The pool asked for by name.
-    pub pool: Option<String>,
-    /// Addresses asked for, at most one per family.
-    pub ips: Vec<IpAddr>,
-    /// The sharing key, if any.
-    pub sharing_key: Option<String>,
-    /// Its (protocol, port) pairs.
-    pub ports: BTreeSet<(Protocol, u16)>,
-    /// Its traffic policy.
-    pub policy: TrafficPolicy,
-}
-
-impl Request {
-    /// The families this Service should get addresses of, primary first.
-    pub fn wanted(&self) -> &[Family] {
-        match self.dual {
-            DualStack::Single => &self.families[..self.families.len().min(1)],
-            _ => &self.families,
-        }
-    }
-}
-
-/// Why a Service got no (or no new) address. The text is what users read in Events.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AllocError {
-    /// The named pool does not exist.
-    #[error("IPPool {0:?} does not exist")]
-    PoolNotFound(String),
-    /// The named pool exists but may not serve this Service.
-    #[error("IPPool {pool:?} may not be used by this Service: {why}")]
-    PoolNotAllowed {
-        /// The pool.
-        pool: String,
-        /// Why not.
-        why: String,
-    },
-    /// No pool may serve this Service.
-    #[error("no IPPool may be used by this Service ({0})")]
-    NoCompatiblePool(String),
-    /// Every compatible pool is full for a family.
-    #[error("no free {family} address in any IPPool this Service may use (tried {tried})")]
-    NoFreeAddress {
-        /// The family.
-        family: Family,
-        /// The pools tried, in order.
-        tried: String,
-    },
-    /// RequireDualStack cannot be met.
-    #[error("RequireDualStack: no IPPool this Service may use has both an IPv4 and an IPv6 address free (tried {0})")]
-    DualStackUnavailable(String),
-    /// A requested address is outside every usable pool.
-    #[error("{ip} is not in any IPPool this Service may use")]
-    NotInPool {
-        /// The address.
-        ip: IpAddr,
-    },
-    /// A requested address is in a pool other than the one named.
-    #[error("{ip} is in IPPool {actual:?}, but the Service asks for IPPool {named:?}")]
-    InOtherPool {
-        /// The address.
-        ip: IpAddr,
-        /// Where it is.
-        actual: String,
-        /// What was named.
-        named: String,
-    },
-    /// A requested address ends in .0 or .255 and its pool avoids those.
-    #[error("{ip} ends in .0 or .255 and IPPool {pool:?} sets avoidBuggyIPs")]
-    Buggy {
-        /// The address.
-        ip: IpAddr,
-        /// The pool.
-        pool: String,
-    },
-    /// A requested address is held by a Service it may not be shared with.
-    #[error("{ip} is in use by {holder}: {why}")]
-    Taken {
-        /// The address.
-        ip: IpAddr,
-        /// Who holds it.
-        holder: ServiceKey,
-        /// Why it cannot be shared.
-        why: String,
-    },
-    /// A requested address is of a family the Service does not use.
-    #[error("{ip} is {family}, but the Service's ipFamilies are {families}")]
-    WrongFamily {
-        /// The address.
-        ip: IpAddr,
-        /// Its family.
-        family: Family,
-        /// The Service's families.
-        families: String,
-    },
-    /// The Service's request itself is malformed.
-    #[error("{0}")]
-    BadRequest(String),
-}
-
-impl AllocError {
-    /// A short label for metrics.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            AllocError::PoolNotFound(_) => "pool_not_found",
-            AllocError::PoolNotAllowed { .. } => "pool_not_allowed",
-            AllocError::NoCompatiblePool(_) => "no_compatible_pool",
-            AllocError::NoFreeAddress { .. } => "pool_full",
-            AllocError::DualStackUnavailable(_) => "dual_stack_unavailable",
-            AllocError::NotInPool { .. } | AllocError::InOtherPool { .. } => "address_not_in_pool",
-            AllocError::Buggy { .. } => "buggy_address",
-            AllocError::Taken { .. } => "address_taken",
-            AllocError::WrongFamily { .. } | AllocError::BadRequest(_) => "bad_request",
-        }
-    }
-}
+pub use self::request::{DualStack, Request, TrafficPolicy};
+pub use ferrolb_crds::{Protocol, ServiceKey};
 
 /// What a Service holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,10 +60,6 @@ pub struct Allocator {
     holders: HashMap<ServiceKey, Holder>,
     /// Address → the Services holding it.
     users: HashMap<IpAddr, BTreeSet<ServiceKey>>,
-}
-
-fn family_list(fs: &[Family]) -> String {
-    fs.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 impl Allocator {
@@ -306,193 +130,6 @@ impl Allocator {
         out
     }
 
-    /// Whether `pool` may serve `req` at all (selection and name), ignoring disabled/autoAssign.
-    fn selection_allows(&self, name: &str, pool: &Pool, req: &Request) -> Result<(), String> {
-        let sel = &pool.config.selection;
-        if !sel.namespaces.is_empty() && !sel.namespaces.contains(&req.namespace) {
-            return Err(format!("namespace {:?} is not in its serviceAllocation.namespaces", req.namespace));
-        }
-        let check = |s: &Option<_>, labels, what: &str| match s {
-            Some(s) => match selector::matches(s, labels) {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(format!("the {what} labels do not match its {what}Selector")),
-                Err(e) => Err(format!("its {what}Selector is invalid: {e}")),
-            },
-            None => Ok(()),
-        };
-        check(&sel.namespace_selector, &req.namespace_labels, "namespace")?;
-        check(&sel.service_selector, &req.labels, "service")?;
-        if let Some(named) = &req.pool
-            && named != name
-        {
-            return Err(format!("the Service asks for IPPool {named:?}"));
-        }
-        Ok(())
-    }
-
-    /// Why `req` may not share `ip` (held by others), or None when it may.
-    fn share_refusal(&self, ip: &IpAddr, req: &Request) -> Option<(ServiceKey, String)> {
-        let users = self.users.get(ip)?;
-        for other in users.iter().filter(|u| **u != req.key) {
-            let Some(h) = self.holders.get(other) else { continue };
-            let why = match (&h.sharing_key, &req.sharing_key) {
-                (None, _) | (_, None) => {
-                    Some("sharing needs the same ferrolb.io/sharing-key on both Services".to_string())
-                }
-                (Some(a), Some(b)) if a != b => Some(format!("its sharing key is {a:?}, this Service's is {b:?}")),
-                _ => {
-                    if let Some((p, n)) = h.ports.intersection(&req.ports).next() {
-                        Some(format!("both use port {n}/{p}"))
-                    } else if h.policy != req.policy {
-                        Some(
-                            "externalTrafficPolicy differs (both Cluster, or both Local with the same selector)"
-                                .to_string(),
-                        )
-                    } else {
-                        None
-                    }
-                }
-            };
-            if let Some(why) = why {
-                return Some((other.clone(), why));
-            }
-        }
-        None
-    }
-
-    /// Pools that may serve new allocations for `req`, in order, with the reasons others may not.
-    fn candidates(&self, req: &Request) -> Result<Vec<&str>, AllocError> {
-        if let Some(named) = &req.pool {
-            let (named, pool) =
-                self.pools.get_key_value(named).ok_or_else(|| AllocError::PoolNotFound(named.clone()))?;
-            self.selection_allows(named, pool, req)
-                .map_err(|why| AllocError::PoolNotAllowed { pool: named.clone(), why })?;
-            if pool.config.disabled {
-                return Err(AllocError::PoolNotAllowed { pool: named.clone(), why: "it is disabled".into() });
-            }
-            return Ok(vec![named.as_str()]);
-        }
-        let mut ordered: Vec<(&String, &Pool)> = self
-            .pools
-            .iter()
-            .filter(|(n, p)| p.config.auto_assign && !p.config.disabled && self.selection_allows(n, p, req).is_ok())
-            .collect();
-        ordered.sort_by_key(|(n, p)| (p.config.priority, (*n).clone()));
-        if ordered.is_empty() {
-            let why = if self.pools.is_empty() {
-                "there are no IPPools".to_string()
-            } else {
-                "every IPPool is disabled, not autoAssign, or its serviceAllocation excludes this Service".to_string()
-            };
-            return Err(AllocError::NoCompatiblePool(why));
-        }
-        Ok(ordered.into_iter().map(|(n, _)| n.as_str()).collect())
-    }
-
-    /// An address of `f` in `pool` that `req` may use: one it already shares by key, else the
-    /// lowest free one.
-    fn pick(&self, pool_name: &str, f: Family, req: &Request) -> Option<IpAddr> {
-        let pool = self.pools.get(pool_name)?;
-        if req.sharing_key.is_some() {
-            let mut shared: Vec<&IpAddr> = self
-                .users
-                .keys()
-                .filter(|ip| Family::of(ip) == f && pool.contains(ip) && self.share_refusal(ip, req).is_none())
-                .filter(|ip| self.users.get(*ip).is_some_and(|u| u.iter().any(|k| *k != req.key)))
-                .collect();
-            shared.sort();
-            if let Some(ip) = shared.first() {
-                return Some(**ip);
-            }
-        }
-        pool.lowest_free(f)
-    }
-
-    /// Plans a fresh assignment for `req` (ignoring what it holds now).
-    fn plan(&self, req: &Request) -> Result<Assignment, AllocError> {
-        if !req.ips.is_empty() {
-            return self.plan_requested(req);
-        }
-        let pools = self.candidates(req)?;
-        let tried = pools.join(", ");
-        let wanted = req.wanted();
-        let primary = *wanted.first().ok_or_else(|| AllocError::BadRequest("the Service has no ipFamilies".into()))?;
-        // Dual-stack: the first pool that can give every wanted family.
-        if wanted.len() == 2 {
-            for name in &pools {
-                let ips: Vec<IpAddr> = wanted.iter().filter_map(|f| self.pick(name, *f, req)).collect();
-                if ips.len() == 2 {
-                    return Ok(Assignment { pool: name.to_string(), ips });
-                }
-            }
-            if req.dual == DualStack::Require {
-                return Err(AllocError::DualStackUnavailable(tried));
-            }
-        }
-        for name in &pools {
-            if let Some(ip) = self.pick(name, primary, req) {
-                return Ok(Assignment { pool: name.to_string(), ips: vec![ip] });
-            }
-        }
-        Err(AllocError::NoFreeAddress { family: primary, tried })
-    }
-
-    fn plan_requested(&self, req: &Request) -> Result<Assignment, AllocError> {
-        let wanted = req.wanted();
-        for ip in &req.ips {
-            if !wanted.contains(&Family::of(ip)) {
-                return Err(AllocError::WrongFamily { ip: *ip, family: Family::of(ip), families: family_list(wanted) });
-            }
-        }
-        if req.dual == DualStack::Require && req.ips.len() < 2 {
-            return Err(AllocError::BadRequest(
-                "RequireDualStack: the requested addresses must include one of each family".into(),
-            ));
-        }
-        // Every requested address must come from one pool that may serve the Service.
-        let mut chosen: Option<&str> = None;
-        for ip in &req.ips {
-            let holding: Vec<&String> =
-                self.pools.iter().filter(|(_, p)| p.contains(ip) || p.is_buggy(ip)).map(|(n, _)| n).collect();
-            if holding.is_empty() {
-                return Err(AllocError::NotInPool { ip: *ip });
-            }
-            let usable: Vec<&String> = holding
-                .iter()
-                .copied()
-                .filter(|n| {
-                    let p = &self.pools[*n];
-                    self.selection_allows(n, p, req).is_ok() && !p.config.disabled && chosen.is_none_or(|c| c == *n)
-                })
-                .collect();
-            let Some(name) = usable.first().copied() else {
-                if let Some(named) = &req.pool
-                    && !holding.contains(&named)
-                {
-                    return Err(AllocError::InOtherPool { ip: *ip, actual: holding[0].clone(), named: named.clone() });
-                }
-                let p = &self.pools[holding[0]];
-                let why = match self.selection_allows(holding[0], p, req) {
-                    Err(why) => why,
-                    Ok(()) if p.config.disabled => "it is disabled".into(),
-                    Ok(()) => "the requested addresses lie in different IPPools".into(),
-                };
-                return Err(AllocError::PoolNotAllowed { pool: holding[0].clone(), why });
-            };
-            if self.pools[name].is_buggy(ip) {
-                return Err(AllocError::Buggy { ip: *ip, pool: name.clone() });
-            }
-            if let Some((holder, why)) = self.share_refusal(ip, req) {
-                return Err(AllocError::Taken { ip: *ip, holder, why });
-            }
-            chosen = Some(name);
-        }
-        let pool = chosen.ok_or_else(|| AllocError::BadRequest("no address requested".into()))?.to_string();
-        let mut ips = req.ips.clone();
-        ips.sort_by_key(|ip| wanted.iter().position(|f| *f == Family::of(ip)));
-        Ok(Assignment { pool, ips })
-    }
-
     /// Whether `a` is still valid in its pool for this Service, whatever the Service asks: the
     /// pool exists, has the addresses, and its selection admits the Service.
     fn still_valid(&self, a: &Assignment, req: &Request) -> bool {
@@ -561,7 +198,7 @@ impl Allocator {
         }
         // What it holds does not fit: plan afresh as if it held nothing, then swap.
         if let Some(previous) = self.holders.remove(&req.key) {
-            self.unuse(&req.key, &previous.assignment.ips);
+            self.unuse(req.key.as_str(), &previous.assignment.ips);
         }
         match self.plan(req) {
             Ok(a) => {
@@ -629,7 +266,7 @@ impl Allocator {
 
     fn record(&mut self, req: &Request, a: Assignment) {
         if let Some(old) = self.holders.remove(&req.key) {
-            self.unuse(&req.key, &old.assignment.ips);
+            self.unuse(req.key.as_str(), &old.assignment.ips);
         }
         let h = Holder {
             assignment: a,
@@ -640,14 +277,14 @@ impl Allocator {
         self.install(&req.key, h);
     }
 
-    fn install(&mut self, key: &str, h: Holder) {
+    fn install(&mut self, key: &ServiceKey, h: Holder) {
         for ip in &h.assignment.ips {
-            self.users.entry(*ip).or_default().insert(key.to_string());
+            self.users.entry(*ip).or_default().insert(key.clone());
             for p in self.pools.values_mut() {
                 p.take(ip);
             }
         }
-        self.holders.insert(key.to_string(), h);
+        self.holders.insert(key.clone(), h);
     }
 
     fn unuse(&mut self, key: &str, ips: &[IpAddr]) {

@@ -297,8 +297,8 @@ fn request_for(svc: usize, family: u8, pool: Option<usize>, key: Option<u8>, por
 }
 
 /// Checks the invariants; `reqs` is the last request of every Service that holds something.
-fn check_invariants(a: &Allocator, reqs: &BTreeMap<String, Request>) -> Result<(), TestCaseError> {
-    let mut by_ip: BTreeMap<IpAddr, Vec<&String>> = BTreeMap::new();
+fn check_invariants(a: &Allocator, reqs: &BTreeMap<ServiceKey, Request>) -> Result<(), TestCaseError> {
+    let mut by_ip: BTreeMap<IpAddr, Vec<&ServiceKey>> = BTreeMap::new();
     for (k, asg) in a.assignments() {
         let r = &reqs[k];
         let pool = a.pool(&asg.pool);
@@ -344,13 +344,13 @@ proptest! {
             a.set_pool(&format!("p{p}"), c.clone());
             pools.insert(format!("p{p}"), c);
         }
-        let mut reqs: BTreeMap<String, Request> = BTreeMap::new();
-        let mut order: Vec<String> = Vec::new();
+        let mut reqs: BTreeMap<ServiceKey, Request> = BTreeMap::new();
+        let mut order: Vec<ServiceKey> = Vec::new();
         for op in ops {
             match op {
                 Op::Assign { svc, family, pool, key, port, want } => {
                     let r = request_for(svc, family, pool, key, port, want);
-                    let before = a.assignment(&r.key).cloned();
+                    let before = a.assignment(r.key.as_str()).cloned();
                     let o = a.assign(&r, &[], None);
                     if o.assignment.is_some() {
                         reqs.insert(r.key.clone(), r.clone());
@@ -369,8 +369,8 @@ proptest! {
                     }
                 }
                 Op::Release(svc) => {
-                    let k = format!("n/s{svc}");
-                    a.release(&k);
+                    let k = ServiceKey::from(format!("n/s{svc}").as_str());
+                    a.release(k.as_str());
                     reqs.remove(&k);
                     order.retain(|x| *x != k);
                 }
@@ -385,7 +385,7 @@ proptest! {
                 }
             }
             // Pool changes leave holders for the reconciler to re-check, as it does.
-            let holders: Vec<String> = a.assignments().map(|(k, _)| k.clone()).collect();
+            let holders: Vec<ServiceKey> = a.assignments().map(|(k, _)| k.clone()).collect();
             for k in holders {
                 let r = reqs[&k].clone();
                 let o = a.assign(&r, &[], None);
@@ -402,21 +402,21 @@ proptest! {
             b.set_pool(n, c.clone());
         }
         for k in &order {
-            let held = a.assignment(k).unwrap().clone();
+            let held = a.assignment(k.as_str()).unwrap().clone();
             prop_assert!(b.restore(&reqs[k], &held.ips, Some(&held.pool)), "{} lost its addresses on rebuild", k);
-            prop_assert_eq!(b.assignment(k), Some(&held), "{} moved on rebuild", k);
+            prop_assert_eq!(b.assignment(k.as_str()), Some(&held), "{} moved on rebuild", k);
         }
         // The second pass (assign) keeps every restored holding.
         for k in &order {
             let o = b.assign(&reqs[k], &[], None);
-            let before = a.assignment(k).unwrap();
+            let before = a.assignment(k.as_str()).unwrap();
             let after = o.assignment.as_ref().unwrap();
             prop_assert_eq!(&after.pool, &before.pool);
             prop_assert!(before.ips.iter().all(|x| after.ips.contains(x)), "{} lost an address on the second pass", k);
         }
         // Release undoes allocate: with everything released, every pool is entirely free again.
         for k in &order {
-            b.release(k);
+            b.release(k.as_str());
         }
         for n in pools.keys() {
             for f in [Family::V4, Family::V6] {

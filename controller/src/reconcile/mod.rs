@@ -1,31 +1,34 @@
 //! The leader's work loop: watches on Services, IPPools and Namespaces feed one queue; each
 //! Service is decided in turn (the allocator is one sequential state) and the writes run
-//! concurrently, with optimistic concurrency on status and retries with backoff.
+//! concurrently, with optimistic concurrency on status and retries with backoff. Everything it
+//! holds besides the queue is derived from the watch caches (see `watch.rs` on re-lists).
 
 pub mod pool_status;
+pub mod queue;
+pub mod read;
 pub mod service;
+pub mod watch;
+pub mod write;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferrolb_crds::IPPool;
-use ferrolb_crds::annotations::ALLOCATED_FROM;
-use futures::StreamExt;
+use ferrolb_crds::{IPPool, ServiceKey};
+use ferrolb_process::events::Recorder;
 use k8s_openapi::api::core::v1::{Namespace, Service};
-use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource, ResourceExt};
-use serde_json::json;
+use kube::api::Api;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use self::service::{Decision, Handling};
-use crate::allocator::{Allocator, request};
+use self::queue::{Queue, WriteResult};
+use self::service::Handling;
+use self::watch::{Kind, Trigger};
+use crate::allocator::Allocator;
 use crate::metrics::{Metrics, PoolLabel, PoolLabels, ReasonLabel};
-use ferrolb_crds::events::Recorder;
 
 /// What the leader needs.
 #[derive(Clone)]
@@ -42,18 +45,11 @@ pub struct Context {
     pub field_manager: String,
 }
 
-/// Something changed.
-#[derive(Debug)]
-enum Trigger {
-    Service(String),
-    Pool(String),
-    Namespace(String),
-}
-
 /// A finished write.
 struct Done {
-    key: String,
-    result: Result<(), kube::Error>,
+    key: ServiceKey,
+    result: WriteResult,
+    error: Option<kube::Error>,
 }
 
 struct Stores {
@@ -62,73 +58,34 @@ struct Stores {
     namespaces: Store<Namespace>,
 }
 
-fn spawn_reflector<K, F>(
-    tasks: &mut JoinSet<()>,
-    api: Api<K>,
-    tx: mpsc::UnboundedSender<Trigger>,
-    to_trigger: F,
-) -> Store<K>
-where
-    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-    F: Fn(&K) -> Trigger + Send + 'static,
-{
-    let (reader, writer) = reflector::store();
-    // What we never read is not kept: managed fields and kubectl's copy of the whole object.
-    let slim = watcher(api, watcher::Config::default()).default_backoff().modify(|o: &mut K| {
-        let meta = o.meta_mut();
-        meta.managed_fields = None;
-        if let Some(a) = meta.annotations.as_mut() {
-            a.remove("kubectl.kubernetes.io/last-applied-configuration");
-        }
-    });
-    let stream = reflector::reflector(writer, slim);
-    tasks.spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o) | watcher::Event::Delete(o)) => {
-                    if tx.send(to_trigger(&o)).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "watch failed; retrying"),
-            }
-        }
-    });
-    reader
-}
+impl Stores {
+    fn ns_labels(&self, ns: &str) -> BTreeMap<String, String> {
+        self.namespaces.get(&ObjectRef::new(ns)).and_then(|n| n.metadata.labels.clone()).unwrap_or_default()
+    }
 
-fn ns_labels(stores: &Stores, ns: &str) -> BTreeMap<String, String> {
-    stores.namespaces.get(&ObjectRef::new(ns)).and_then(|n| n.metadata.labels.clone()).unwrap_or_default()
-}
-
-fn service_of(stores: &Stores, key: &str) -> Option<Arc<Service>> {
-    let (ns, name) = key.split_once('/')?;
-    stores.services.get(&ObjectRef::new(name).within(ns))
+    fn service(&self, key: &ServiceKey) -> Option<Arc<Service>> {
+        self.services.get(&ObjectRef::new(key.name()).within(key.namespace()))
+    }
 }
 
 /// The state of one term as leader.
-struct Leader {
+struct Reconciler {
     ctx: Context,
     stores: Stores,
     alloc: Allocator,
     pool_errors: HashMap<String, Vec<String>>,
-    last_error: BTreeMap<String, String>,
-    waiting: BTreeSet<String>,
-    inflight: BTreeSet<String>,
-    redo: BTreeSet<String>,
-    queue: VecDeque<String>,
-    queued: HashSet<String>,
-    attempts: HashMap<String, u32>,
+    /// The failure last announced per Service, so that a repeat is not announced again.
+    last_error: HashMap<ServiceKey, String>,
+    /// Handled Services that hold nothing: they try again when addresses are freed.
+    waiting: BTreeSet<ServiceKey>,
+    queue: Queue,
     /// What we last wrote per Service, and the resourceVersion we wrote against.
-    written: HashMap<String, (String, Vec<IpAddr>)>,
+    written: HashMap<ServiceKey, (String, Vec<IpAddr>)>,
     pools_dirty: bool,
     recorder: Recorder,
     done_tx: mpsc::UnboundedSender<Done>,
-    retry_tx: mpsc::UnboundedSender<Trigger>,
-    /// Every write, timer and status update of this term: dropped (aborted) with the term, so a
-    /// replica that stops leading stops writing at once.
+    /// Every write and status update of this term: dropped (aborted) with the term, so a replica
+    /// that stops leading stops writing at once.
     tasks: JoinSet<()>,
 }
 
@@ -139,15 +96,11 @@ pub async fn run(ctx: Context, ready: impl FnOnce()) {
     let client = ctx.client.clone();
     // Dropped with this function, which ends (or is aborted) when the term ends.
     let mut watches = JoinSet::new();
-    let services = spawn_reflector(&mut watches, Api::<Service>::all(client.clone()), tx.clone(), |s| {
-        Trigger::Service(request::key_of(s))
-    });
-    let pools =
-        spawn_reflector(&mut watches, Api::<IPPool>::all(client.clone()), tx.clone(), |p| Trigger::Pool(p.name_any()));
-    let namespaces = spawn_reflector(&mut watches, Api::<Namespace>::all(client.clone()), tx.clone(), |n| {
-        Trigger::Namespace(n.name_any())
-    });
-    let stores = Stores { services, pools, namespaces };
+    let stores = Stores {
+        services: watch::spawn(&mut watches, Api::<Service>::all(client.clone()), Kind::Service, tx.clone()),
+        pools: watch::spawn(&mut watches, Api::<IPPool>::all(client.clone()), Kind::Pool, tx.clone()),
+        namespaces: watch::spawn(&mut watches, Api::<Namespace>::all(client.clone()), Kind::Namespace, tx),
+    };
     for ready in [
         stores.services.wait_until_ready().await,
         stores.pools.wait_until_ready().await,
@@ -160,61 +113,55 @@ pub async fn run(ctx: Context, ready: impl FnOnce()) {
     }
     let (done_tx, mut done) = mpsc::unbounded_channel();
     let recorder = Recorder::new(client.clone(), "ferrolb-controller", &ctx.field_manager);
-    let mut leader = Leader {
+    let mut r = Reconciler {
+        queue: Queue::new(ctx.concurrency),
         ctx,
         stores,
         alloc: Allocator::new(),
         pool_errors: HashMap::new(),
-        last_error: BTreeMap::new(),
+        last_error: HashMap::new(),
         waiting: BTreeSet::new(),
-        inflight: BTreeSet::new(),
-        redo: BTreeSet::new(),
-        queue: VecDeque::new(),
-        queued: HashSet::new(),
-        attempts: HashMap::new(),
         written: HashMap::new(),
         pools_dirty: true,
         recorder,
         done_tx,
-        retry_tx: tx,
         tasks: JoinSet::new(),
     };
-    leader.rebuild();
-    leader.pump();
+    r.rebuild();
+    r.pump();
     ready();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
+        let retry = r.queue.next_retry();
         tokio::select! {
             Some(t) = triggers.recv() => {
-                leader.handle(t);
+                r.handle(t);
                 // Drain what is already queued before looking at timers, so bursts are decided
                 // back to back.
                 while let Ok(t) = triggers.try_recv() {
-                    leader.handle(t);
+                    r.handle(t);
                 }
             }
-            Some(d) = done.recv() => leader.finished(d),
-            _ = tick.tick() => leader.flush_pool_status(),
+            Some(d) = done.recv() => r.finished(d),
+            _ = tick.tick() => r.flush_pool_status(),
+            _ = tokio::time::sleep_until(retry.unwrap_or_else(Instant::now).into()), if retry.is_some() => {}
             else => break,
         }
-        leader.pump();
+        r.pump();
     }
 }
 
-impl Leader {
+impl Reconciler {
     /// Pools first, then every Service that holds addresses (oldest first), then everything else.
     fn rebuild(&mut self) {
         for pool in self.stores.pools.state() {
             self.sync_pool(&pool.name_any());
         }
         let mut services = self.stores.services.state();
-        services.sort_by(|a, b| {
-            (a.metadata.creation_timestamp.as_ref().map(|t| t.0), request::key_of(a))
-                .cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), request::key_of(b)))
-        });
+        services.sort_by_key(|s| (s.metadata.creation_timestamp.as_ref().map(|t| t.0), ServiceKey::of(s)));
         let mut restored = 0;
         for svc in &services {
-            let labels = ns_labels(&self.stores, svc.metadata.namespace.as_deref().unwrap_or_default());
+            let labels = self.stores.ns_labels(svc.metadata.namespace.as_deref().unwrap_or_default());
             if service::restore(&mut self.alloc, svc, &labels, &self.ctx.handling) {
                 restored += 1;
             }
@@ -226,15 +173,17 @@ impl Leader {
             "rebuilt allocations from Service status"
         );
         for svc in &services {
-            self.enqueue(&request::key_of(svc));
+            self.queue.add(&ServiceKey::of(svc));
         }
     }
 
-    fn sync_pool(&mut self, name: &str) -> Vec<String> {
+    /// Brings the allocator's pool `name` in line with the store; returns the Services holding
+    /// addresses in it.
+    fn sync_pool(&mut self, name: &str) -> Vec<ServiceKey> {
         self.pools_dirty = true;
         match self.stores.pools.get(&ObjectRef::new(name)) {
             Some(pool) => {
-                let (config, errors) = pool_status::pool_config(&pool);
+                let (config, errors) = read::pool_config(&pool);
                 if !errors.is_empty() {
                     tracing::warn!(pool = name, errors = ?errors, "IPPool has invalid entries");
                 }
@@ -251,72 +200,87 @@ impl Leader {
 
     fn handle(&mut self, t: Trigger) {
         match t {
-            Trigger::Service(key) => self.enqueue(&key),
+            Trigger::Service(key) => self.queue.add(&key),
             Trigger::Pool(name) => {
                 let mut affected = self.sync_pool(&name);
                 affected.extend(self.waiting.iter().cloned());
                 for key in affected {
-                    self.enqueue(&key);
+                    self.queue.add(&key);
                 }
             }
             Trigger::Namespace(ns) => {
-                let keys: Vec<String> = self
-                    .stores
-                    .services
-                    .state()
-                    .iter()
-                    .filter(|s| s.metadata.namespace.as_deref() == Some(&ns))
-                    .map(|s| request::key_of(s))
-                    .collect();
-                for key in keys {
-                    self.enqueue(&key);
+                for svc in self.stores.services.state().iter().filter(|s| s.metadata.namespace.as_deref() == Some(&ns))
+                {
+                    self.queue.add(&ServiceKey::of(svc));
                 }
             }
+            Trigger::Listed(kind) => self.relisted(kind),
         }
     }
 
-    /// Marks a Service for reconciliation; repeated marks before it runs coalesce.
-    fn enqueue(&mut self, key: &str) {
-        if self.queued.insert(key.to_string()) {
-            self.queue.push_back(key.to_string());
+    /// A (re-)list replaced a store: whatever the loop holds for an object the store no longer
+    /// has is handled as that object's deletion, and everything listed is looked at again (the
+    /// list may carry changes no event announced).
+    fn relisted(&mut self, kind: Kind) {
+        match kind {
+            Kind::Service => {
+                let mut keys: BTreeSet<ServiceKey> = self.stores.services.state().iter().map(|s| ServiceKey::of(s)).collect();
+                keys.extend(self.alloc.assignments().map(|(k, _)| k.clone()));
+                keys.extend(self.waiting.iter().cloned());
+                for key in keys {
+                    self.queue.add(&key);
+                }
+            }
+            Kind::Pool => {
+                let mut names: BTreeSet<String> = self.stores.pools.state().iter().map(|p| p.name_any()).collect();
+                names.extend(self.alloc.pool_names().map(String::from));
+                for name in names {
+                    self.handle(Trigger::Pool(name));
+                }
+            }
+            Kind::Namespace => {
+                for svc in self.stores.services.state() {
+                    self.queue.add(&ServiceKey::of(&svc));
+                }
+            }
         }
     }
 
     /// Reconciles queued Services while there is room for their writes, so that a burst is held
     /// as a queue of names rather than thousands of pending writes.
     fn pump(&mut self) {
-        while self.inflight.len() < self.ctx.concurrency.max(1) {
-            let Some(key) = self.queue.pop_front() else { break };
-            self.queued.remove(&key);
+        while let Some(key) = self.queue.next(Instant::now()) {
             self.reconcile(&key);
         }
     }
 
-    fn reconcile(&mut self, key: &str) {
-        if self.inflight.contains(key) {
-            self.redo.insert(key.to_string());
-            return;
-        }
+    fn reconcile(&mut self, key: &ServiceKey) {
         let started = Instant::now();
-        let svc = service_of(&self.stores, key);
+        let svc = self.stores.service(key);
         let labels = svc
             .as_ref()
-            .map(|s| ns_labels(&self.stores, s.metadata.namespace.as_deref().unwrap_or_default()))
+            .map(|s| self.stores.ns_labels(s.metadata.namespace.as_deref().unwrap_or_default()))
             .unwrap_or_default();
-        let mut d =
-            service::decide(&mut self.alloc, key, svc.as_deref(), &labels, &self.ctx.handling, &mut self.last_error);
+        let mut d = service::update(&mut self.alloc, key.as_str(), svc.as_deref(), &labels, &self.ctx.handling);
         self.ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
-        if d.waiting
-            && svc
-                .as_ref()
-                .is_some_and(|s| request::is_handled(s, &self.ctx.handling.lb_class, self.ctx.handling.class_only))
-        {
-            self.waiting.insert(key.to_string());
+        let handled =
+            svc.as_ref().is_some_and(|s| read::is_handled(s, &self.ctx.handling.lb_class, self.ctx.handling.class_only));
+        if d.waiting && handled {
+            self.waiting.insert(key.clone());
         } else {
             self.waiting.remove(key);
         }
-        if let Some(reason) = d.failure {
-            self.ctx.metrics.failures.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
+        match &d.failure {
+            Some(f) => {
+                self.ctx.metrics.failures.get_or_create(&ReasonLabel { reason: f.reason.into() }).inc();
+                if let Some(note) = service::failure_note(self.last_error.get(key).map(String::as_str), f) {
+                    d.notes.push(note);
+                    self.last_error.insert(key.clone(), f.error.clone());
+                }
+            }
+            None => {
+                self.last_error.remove(key);
+            }
         }
         if let Some(pool) = &d.allocated_from {
             self.ctx.metrics.allocations.get_or_create(&PoolLabel { pool: pool.clone() }).inc();
@@ -324,11 +288,12 @@ impl Leader {
         if d.status.is_some() || d.freed || d.allocated_from.is_some() {
             self.pools_dirty = true;
         }
+        if d.freed {
+            self.retry_waiting(key);
+        }
         let Some(svc) = svc else {
             self.written.remove(key);
-            if d.freed {
-                self.retry_waiting(key);
-            }
+            self.last_error.remove(key);
             return;
         };
         // Skip a status write we already made against this very version of the Service.
@@ -339,61 +304,36 @@ impl Leader {
         {
             d.status = None;
         }
-        if d.freed {
-            self.retry_waiting(key);
-        }
         if d.status.is_none() && d.annotation.is_none() && d.notes.is_empty() {
             return;
         }
         if let Some(ips) = &d.status {
-            self.written.insert(key.to_string(), (rv.clone(), ips.clone()));
+            self.written.insert(key.clone(), (rv.clone(), ips.clone()));
         }
-        self.inflight.insert(key.to_string());
+        self.queue.started(key);
         let (client, recorder, done) = (self.ctx.client.clone(), self.recorder.clone(), self.done_tx.clone());
-        let key = key.to_string();
-        let manager = self.ctx.field_manager.clone();
+        let (key, manager) = (key.clone(), self.ctx.field_manager.clone());
         self.tasks.spawn(async move {
-            let result = write(&client, &recorder, &manager, &svc, &rv, d).await;
-            let _ = done.send(Done { key, result });
+            let outcome = write::service(&client, &recorder, &manager, &svc, &rv, d).await;
+            let _ = done.send(Done { key, result: write::result_of(&outcome), error: outcome.err() });
         });
     }
 
-    fn retry_waiting(&mut self, except: &str) {
-        let waiting: Vec<String> = self.waiting.iter().filter(|k| *k != except).cloned().collect();
+    fn retry_waiting(&mut self, except: &ServiceKey) {
+        let waiting: Vec<ServiceKey> = self.waiting.iter().filter(|k| *k != except).cloned().collect();
         for key in waiting {
-            self.enqueue(&key);
+            self.queue.add(&key);
         }
     }
 
     fn finished(&mut self, d: Done) {
         while self.tasks.try_join_next().is_some() {}
-        self.inflight.remove(&d.key);
-        match d.result {
-            Ok(()) => {
-                self.attempts.remove(&d.key);
-                if self.redo.remove(&d.key) {
-                    self.enqueue(&d.key);
-                }
-            }
-            Err(e) => {
-                self.redo.remove(&d.key);
-                self.written.remove(&d.key);
-                let n = self.attempts.entry(d.key.clone()).or_insert(0);
-                *n += 1;
-                let conflict = matches!(&e, kube::Error::Api(s) if s.code == 409);
-                // A conflict means our copy is stale; the watch brings the new one at once.
-                let delay = if conflict {
-                    Duration::from_millis(50)
-                } else {
-                    Duration::from_millis(100 * 2u64.pow((*n).min(7)))
-                };
-                tracing::debug!(service = %d.key, error = %e, ?delay, "write failed; retrying");
-                let tx = self.retry_tx.clone();
-                self.tasks.spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    let _ = tx.send(Trigger::Service(d.key));
-                });
-            }
+        if d.result != WriteResult::Done {
+            self.written.remove(&d.key);
+        }
+        let delay = self.queue.finished(&d.key, d.result, Instant::now());
+        if let (Some(delay), Some(e)) = (delay, d.error) {
+            tracing::debug!(service = %d.key, error = %e, ?delay, "write failed; retrying");
         }
     }
 
@@ -414,51 +354,10 @@ impl Leader {
                     self.ctx.metrics.addresses.get_or_create(&labels).set(i64::try_from(n).unwrap_or(i64::MAX));
                 }
             }
-            if !pool_status::differs(pool.status.as_ref(), &status) {
-                continue;
+            if pool_status::differs(pool.status.as_ref(), &status) {
+                let (client, manager) = (self.ctx.client.clone(), self.ctx.field_manager.clone());
+                self.tasks.spawn(write::pool_status(client, manager, name, status));
             }
-            let api: Api<IPPool> = Api::all(self.ctx.client.clone());
-            let pp = PatchParams { field_manager: Some(self.ctx.field_manager.clone()), ..PatchParams::default() };
-            self.tasks.spawn(async move {
-                let patch = json!({"status": status});
-                if let Err(e) = api.patch_status(&name, &pp, &Patch::Merge(patch)).await {
-                    tracing::warn!(pool = %name, error = %e, "could not write IPPool status");
-                }
-            });
         }
     }
-}
-
-/// Carries out a decision: status (guarded by the resourceVersion it was decided on), the
-/// allocated-from annotation, then the Events.
-async fn write(
-    client: &Client,
-    recorder: &Recorder,
-    manager: &str,
-    svc: &Service,
-    rv: &str,
-    d: Decision,
-) -> Result<(), kube::Error> {
-    let ns = svc.metadata.namespace.clone().unwrap_or_default();
-    let name = svc.name_any();
-    let api: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let pp = PatchParams { field_manager: Some(manager.to_string()), ..PatchParams::default() };
-    if let Some(ips) = &d.status {
-        let ingress: Vec<serde_json::Value> =
-            ips.iter().map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"})).collect();
-        let ingress = if ingress.is_empty() { serde_json::Value::Null } else { json!(ingress) };
-        let patch = json!({"metadata": {"resourceVersion": rv}, "status": {"loadBalancer": {"ingress": ingress}}});
-        api.patch_status(&name, &pp, &Patch::Merge(patch)).await?;
-    }
-    if let Some(pool) = &d.annotation {
-        let patch = json!({"metadata": {"annotations": {ALLOCATED_FROM: pool}}});
-        api.patch(&name, &pp, &Patch::Merge(patch)).await?;
-    }
-    let reference = svc.object_ref(&());
-    for note in d.notes {
-        if let Err(e) = recorder.publish(&reference, note.warning, note.reason, "Allocate", &note.message).await {
-            tracing::warn!(service = %format!("{ns}/{name}"), error = %e, "could not record an Event");
-        }
-    }
-    Ok(())
 }

@@ -1,49 +1,13 @@
-//! From an IPPool object to the allocator's pool settings, and from the allocator back to the
-//! pool's status: counts per family and the Ready, Invalid and Conflicting conditions.
+//! From the allocator back to a pool's status: counts per family and the Ready, Invalid and
+//! Conflicting conditions.
 
 use std::collections::BTreeMap;
 
-use ferrolb_crds::addresses::parse_entry;
-use ferrolb_crds::{Family, IPPool, IPPoolStatus, selector};
+use ferrolb_crds::{Family, IPPool, IPPoolStatus};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::allocator::{Allocator, PoolConfig, Selection};
-
-/// A pool's settings and what is wrong with its spec (entries that did not parse, bad selectors).
-pub fn pool_config(pool: &IPPool) -> (PoolConfig, Vec<String>) {
-    let spec = &pool.spec;
-    let mut errors = Vec::new();
-    let ranges = spec
-        .addresses
-        .iter()
-        .filter_map(|e| parse_entry(e).map_err(|err| errors.push(err.to_string())).ok())
-        .collect::<Vec<_>>();
-    let sa = spec.service_allocation.clone().unwrap_or_default();
-    for (what, sel) in [("namespaceSelector", &sa.namespace_selector), ("serviceSelector", &sa.service_selector)] {
-        if let Some(sel) = sel
-            && let Err(e) = selector::matches(sel, &BTreeMap::new())
-        {
-            errors.push(format!("serviceAllocation.{what}: {e}"));
-        }
-    }
-    if ranges.is_empty() && !spec.addresses.is_empty() || spec.addresses.is_empty() {
-        errors.push("the pool has no usable addresses".into());
-    }
-    let config = PoolConfig {
-        ranges,
-        auto_assign: spec.auto_assign,
-        avoid_buggy_ips: spec.avoid_buggy_ips,
-        priority: spec.priority,
-        disabled: spec.disabled,
-        selection: Selection {
-            namespaces: sa.namespaces,
-            namespace_selector: sa.namespace_selector,
-            service_selector: sa.service_selector,
-        },
-    };
-    (config, errors)
-}
+use crate::allocator::Allocator;
 
 fn condition(
     type_: &str,
@@ -135,6 +99,7 @@ pub fn differs(a: Option<&IPPoolStatus>, b: &IPPoolStatus) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reconcile::read::pool_config;
     use ferrolb_crds::IPPoolSpec;
 
     fn pool(name: &str, addresses: &[&str]) -> IPPool {

@@ -1,13 +1,14 @@
 //! One Service's reconciliation, decided without I/O: what the allocator gives it, and the status,
-//! annotation and Events that follow. `mod.rs` carries the result out.
+//! annotation and Events that follow. The loop carries the result out (`write.rs`).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use ferrolb_crds::annotations::{ALLOCATED_FROM, IPS, POOL, SHARING_KEY, reasons};
+use ferrolb_crds::annotations::reasons;
 use k8s_openapi::api::core::v1::Service;
 
-use crate::allocator::{Allocator, Outcome, Request, request};
+use super::read::{self, allocated_from as annotation};
+use crate::allocator::{Allocator, Outcome};
 
 /// Which Services the controller handles.
 #[derive(Debug, Clone)]
@@ -29,9 +30,20 @@ pub struct Note {
     pub message: String,
 }
 
+/// Why a Service got no (or no new) address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The metrics label.
+    pub reason: &'static str,
+    /// The words.
+    pub error: String,
+    /// The Service keeps the address it has.
+    pub kept: bool,
+}
+
 /// What should happen to one Service.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Decision {
+pub struct Update {
     /// New `status.loadBalancer.ingress` addresses, when they must change.
     pub status: Option<Vec<IpAddr>>,
     /// New `ferrolb.io/allocated-from` value (None inside: remove it), when it must change.
@@ -42,67 +54,40 @@ pub struct Decision {
     pub freed: bool,
     /// The Service is handled but holds nothing: it waits for space.
     pub waiting: bool,
-    /// The metrics label of a failure, if any.
-    pub failure: Option<&'static str>,
+    /// Why the request could not be met, if it could not (announced by [`failure_note`]).
+    pub failure: Option<Failure>,
     /// The pool a new address came from, if one was handed out.
     pub allocated_from: Option<String>,
 }
 
-fn annotation(svc: &Service) -> Option<&str> {
-    svc.metadata.annotations.as_ref()?.get(ALLOCATED_FROM).map(String::as_str)
-}
-
-/// The request, or — when the Service's annotations are bad — the request without them, so a
-/// Service keeps what it has while its annotations are fixed; the error is returned beside it.
-fn request_of(svc: &Service, ns_labels: &BTreeMap<String, String>) -> (Option<Request>, Option<String>) {
-    match request::parse(svc, ns_labels) {
-        Ok(r) => (Some(r), None),
-        Err(e) => {
-            let mut plain = svc.clone();
-            if let Some(a) = plain.metadata.annotations.as_mut() {
-                for name in IPS.names().chain(POOL.names()).chain(SHARING_KEY.names()) {
-                    a.remove(name);
-                }
-            }
-            if let Some(spec) = plain.spec.as_mut() {
-                spec.load_balancer_ip = None;
-            }
-            (request::parse(&plain, ns_labels).ok(), Some(e))
-        }
-    }
-}
-
 /// The first pass after a restart: take over what the Service's status shows.
 pub fn restore(alloc: &mut Allocator, svc: &Service, ns_labels: &BTreeMap<String, String>, h: &Handling) -> bool {
-    if !request::is_handled(svc, &h.lb_class, h.class_only) {
+    if !read::is_handled(svc, &h.lb_class, h.class_only) {
         return false;
     }
-    let current = request::status_ips(svc);
-    match request_of(svc, ns_labels).0 {
+    let current = read::status_ips(svc);
+    match read::request_or_plain(svc, ns_labels).0 {
         Some(req) if !current.is_empty() => alloc.restore(&req, &current, annotation(svc)),
         _ => false,
     }
 }
 
-/// Decides for the Service `key` (None when it was deleted). `last_error` remembers the last
-/// failure message per Service so that a repeated failure is not announced again.
-pub fn decide(
+/// Decides for the Service `key` (None when it was deleted): what the allocator gives it and what
+/// must be written. Changes only the allocator.
+pub fn update(
     alloc: &mut Allocator,
     key: &str,
     svc: Option<&Service>,
     ns_labels: &BTreeMap<String, String>,
     h: &Handling,
-    last_error: &mut BTreeMap<String, String>,
-) -> Decision {
-    let mut d = Decision::default();
+) -> Update {
+    let mut d = Update::default();
     let Some(svc) = svc else {
-        last_error.remove(key);
         d.freed = !alloc.release(key).is_empty();
         return d;
     };
-    let current = request::status_ips(svc);
-    if !request::is_handled(svc, &h.lb_class, h.class_only) {
-        last_error.remove(key);
+    let current = read::status_ips(svc);
+    if !read::is_handled(svc, &h.lb_class, h.class_only) {
         let released = alloc.release(key);
         d.freed = !released.is_empty();
         // Only what we wrote is taken back; other Services are never written to.
@@ -115,7 +100,7 @@ pub fn decide(
         }
         return d;
     }
-    let (req, parse_error) = request_of(svc, ns_labels);
+    let (req, parse_error) = read::request_or_plain(svc, ns_labels);
     let outcome = match (&req, &parse_error) {
         (_, Some(_)) | (None, _) => {
             // Bad annotations change nothing: keep whatever is held (or take over the status).
@@ -151,21 +136,21 @@ pub fn decide(
         d.annotation = Some(pool);
     }
     let error = parse_error.or_else(|| outcome.error.as_ref().map(ToString::to_string));
-    match error {
-        Some(e) => {
-            d.failure = Some(outcome.error.as_ref().map_or("bad_annotation", |e| e.reason()));
-            if last_error.get(key) != Some(&e) {
-                let kept =
-                    if desired.is_empty() { String::new() } else { "; the Service keeps its current address".into() };
-                d.notes.push(Note { warning: true, reason: reasons::ALLOCATION_FAILED, message: format!("{e}{kept}") });
-                last_error.insert(key.to_string(), e);
-            }
-        }
-        None => {
-            last_error.remove(key);
-        }
-    }
+    d.failure = error.map(|error| Failure {
+        reason: outcome.error.as_ref().map_or("bad_annotation", |e| e.reason()),
+        error,
+        kept: !desired.is_empty(),
+    });
     d
+}
+
+/// The Warning Event for a failure, unless the same failure was announced last time.
+pub fn failure_note(previous: Option<&str>, failure: &Failure) -> Option<Note> {
+    if previous == Some(failure.error.as_str()) {
+        return None;
+    }
+    let kept = if failure.kept { "; the Service keeps its current address" } else { "" };
+    Some(Note { warning: true, reason: reasons::ALLOCATION_FAILED, message: format!("{}{kept}", failure.error) })
 }
 
 fn released_note(ips: &[IpAddr]) -> Note {
@@ -187,57 +172,59 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
-    fn setup() -> (Allocator, Handling, BTreeMap<String, String>) {
+    fn setup() -> (Allocator, Handling, ()) {
         let mut a = Allocator::new();
         a.set_pool(
             "home",
             PoolConfig { ranges: vec![parse_entry("198.51.100.0/30").unwrap()], ..PoolConfig::default() },
         );
-        (a, Handling { lb_class: "ferrolb.io/lb".into(), class_only: false }, BTreeMap::new())
+        (a, Handling { lb_class: "ferrolb.io/lb".into(), class_only: false }, ())
     }
 
     #[test]
     fn allocation_writes_status_annotation_and_one_event() {
-        let (mut a, h, mut errs) = setup();
-        let d = decide(&mut a, "default/web", Some(&svc(json!({}))), &BTreeMap::new(), &h, &mut errs);
+        let (mut a, h, ()) = setup();
+        let d = update(&mut a, "default/web", Some(&svc(json!({}))), &BTreeMap::new(), &h);
         assert_eq!(d.status, Some(vec!["198.51.100.0".parse().unwrap()]));
         assert_eq!(d.annotation, Some(Some("home".into())));
         assert_eq!(d.notes[0].reason, "IPAllocated");
         let settled = svc(json!({"metadata": {"annotations": {"ferrolb.io/allocated-from": "home"}},
             "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.0"}]}}}));
-        assert_eq!(decide(&mut a, "default/web", Some(&settled), &BTreeMap::new(), &h, &mut errs), Decision::default());
+        assert_eq!(update(&mut a, "default/web", Some(&settled), &BTreeMap::new(), &h), Update::default());
     }
 
     #[test]
     fn garbage_annotations_change_nothing_but_are_reported_once() {
-        let (mut a, h, mut errs) = setup();
+        let (mut a, h, ()) = setup();
         let settled = svc(
             json!({"metadata": {"annotations": {"ferrolb.io/allocated-from": "home", "ferrolb.io/ips": "garbage"}},
             "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.2"}]}}}),
         );
-        let d = decide(&mut a, "default/web", Some(&settled), &BTreeMap::new(), &h, &mut errs);
+        let d = update(&mut a, "default/web", Some(&settled), &BTreeMap::new(), &h);
         assert_eq!((d.status, d.annotation), (None, None));
-        assert_eq!(d.notes.len(), 1);
-        assert!(d.notes[0].warning && d.notes[0].message.contains("not an IP address"));
-        assert!(d.notes[0].message.contains("keeps its current address"));
-        let again = decide(&mut a, "default/web", Some(&settled), &BTreeMap::new(), &h, &mut errs);
-        assert!(again.notes.is_empty(), "a repeated failure is not announced again");
+        assert!(d.notes.is_empty());
+        let failure = d.failure.unwrap();
+        let note = failure_note(None, &failure).unwrap();
+        assert!(note.warning && note.message.contains("not an IP address"));
+        assert!(note.message.contains("keeps its current address"));
+        let again = update(&mut a, "default/web", Some(&settled), &BTreeMap::new(), &h).failure.unwrap();
+        assert_eq!(failure_note(Some(&failure.error), &again), None, "a repeated failure is not announced again");
         assert_eq!(a.assignment("default/web").unwrap().ips, ["198.51.100.2".parse::<IpAddr>().unwrap()]);
     }
 
     #[test]
     fn foreign_services_are_never_written_and_ours_are_cleaned_up() {
-        let (mut a, h, mut errs) = setup();
+        let (mut a, h, ()) = setup();
         let foreign = svc(
             json!({"spec": {"loadBalancerClass": "other.io/lb"}, "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}}),
         );
-        assert_eq!(decide(&mut a, "default/web", Some(&foreign), &BTreeMap::new(), &h, &mut errs), Decision::default());
-        decide(&mut a, "default/web", Some(&svc(json!({}))), &BTreeMap::new(), &h, &mut errs);
+        assert_eq!(update(&mut a, "default/web", Some(&foreign), &BTreeMap::new(), &h), Update::default());
+        update(&mut a, "default/web", Some(&svc(json!({}))), &BTreeMap::new(), &h);
         let now_cluster_ip = svc(
             json!({"spec": {"type": "ClusterIP"}, "metadata": {"annotations": {"ferrolb.io/allocated-from": "home"}},
             "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.0"}]}}}),
         );
-        let d = decide(&mut a, "default/web", Some(&now_cluster_ip), &BTreeMap::new(), &h, &mut errs);
+        let d = update(&mut a, "default/web", Some(&now_cluster_ip), &BTreeMap::new(), &h);
         assert_eq!((d.status, d.annotation, d.freed), (Some(vec![]), Some(None), true));
         assert_eq!(d.notes[0].reason, "IPReleased");
     }

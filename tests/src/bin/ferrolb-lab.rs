@@ -70,7 +70,7 @@ async fn run(args: Args) -> Result<(), lab::netns::LabError> {
             }
             println!("client: ip netns exec {} ... ({} / {})", t.client.namespace, t.client.ipv4, t.client.ipv6);
             println!("stop with Ctrl-C or `ferrolb-lab down --state-file FILE`");
-            ferrolb_crds::runtime::shutdown_signal().await;
+            ferrolb_process::shutdown_signal().await;
             drop(running);
             drop(lab);
             if let Some(path) = &state_file {
