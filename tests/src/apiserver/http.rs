@@ -51,6 +51,9 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
         form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
     let path = parts.uri.path().trim_end_matches('/').to_string();
     let user_agent = parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
+    if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
+        let _ = shared.faults.watches_held.subscribe().wait_for(|held| !*held).await;
+    }
     let response = match route(&shared, &parts.method, &path, &query, &parts.headers, &body) {
         Ok(r) => r,
         Err(e) => error_response(&e),
@@ -319,6 +322,8 @@ fn admin(shared: &Shared, action: &str, query: &HashMap<String, String>) -> ApiR
     match action {
         "drop-watches" => shared.drop_watches(),
         "compact" => shared.compact(),
+        "hold-watches" => shared.hold_watches(true),
+        "release-watches" => shared.hold_watches(false),
         "fail-writes" => shared.fail_next_writes(
             u32::try_from(num("count").unwrap_or(1)).unwrap_or(u32::MAX),
             u16::try_from(num("code").unwrap_or(500)).unwrap_or(500),

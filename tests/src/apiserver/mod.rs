@@ -72,6 +72,9 @@ pub struct Faults {
     pub fail_code: AtomicU16,
     /// Delay added to every request.
     pub latency_ms: AtomicU64,
+    /// While true, watch requests wait before they are answered: with the open watches dropped,
+    /// the clients are cut off from changes, as while kube-apiserver restarts.
+    pub watches_held: tokio::sync::watch::Sender<bool>,
 }
 
 /// One request the server answered (for tests that check who wrote what, and RBAC).
@@ -118,9 +121,20 @@ impl Shared {
         self.drops.send_modify(|n| *n += 1);
     }
 
+    /// Holds (or lets through again) every new watch request; see [`Faults::watches_held`].
+    pub fn hold_watches(&self, held: bool) {
+        self.faults.watches_held.send_replace(held);
+    }
+
     /// Forgets all history: the next resume from an older resourceVersion gets 410 Expired.
     pub fn compact(&self) {
-        self.lock().compact();
+        self.lock().compact(None);
+    }
+
+    /// Forgets the history of one collection (core group = ""): kube-apiserver's watch cache keeps
+    /// a window per resource, so a busy kind expires while a quiet one still resumes.
+    pub fn compact_only(&self, group: &str, plural: &str) {
+        self.lock().compact(Some(&(group.to_string(), plural.to_string())));
     }
 
     /// Fails the next `count` writes with `code` (500 or 429).

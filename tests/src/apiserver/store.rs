@@ -146,12 +146,15 @@ impl Store {
         Some(last)
     }
 
-    /// Forgets every collection's history, so that resuming any watch older than now gets 410.
-    pub fn compact(&mut self) {
+    /// Forgets the history of every collection (or of `only`), so that resuming a watch from a
+    /// version older than now gets 410.
+    pub fn compact(&mut self, only: Option<&CollectionKey>) {
         let rv = self.rv;
-        for c in self.collections.values_mut() {
-            c.history.clear();
-            c.compacted = rv;
+        for (key, c) in &mut self.collections {
+            if only.is_none_or(|o| o == key) {
+                c.history.clear();
+                c.compacted = rv;
+            }
         }
     }
 }

@@ -14,10 +14,14 @@ use serde_json::json;
 use super::Lab;
 use super::netns::LabError;
 
-/// A binary built next to the running one (`cargo build --workspace` builds them all).
+/// A binary built next to the running one (`cargo build --workspace` builds them all), or in
+/// `FERROLB_BIN_DIR` when set (benches run another build side by side this way).
 pub fn binary(name: &str) -> Result<PathBuf, LabError> {
     let exe = std::env::current_exe()?;
     let mut dirs = vec![];
+    if let Some(dir) = std::env::var_os("FERROLB_BIN_DIR") {
+        dirs.push(PathBuf::from(dir));
+    }
     if let Some(d) = exe.parent() {
         dirs.push(d.to_path_buf());
         if let Some(p) = d.parent() {

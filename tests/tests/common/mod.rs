@@ -66,8 +66,13 @@ pub fn kubectl() -> Option<PathBuf> {
     }
 }
 
-/// A workspace binary built next to this test (`cargo build --workspace` builds them).
+/// A workspace binary built next to this test (`cargo build --workspace` builds them), or from
+/// `FERROLB_BIN_DIR` when set (to run a suite against another build, e.g. to show a test fails on
+/// an older one).
 pub fn workspace_binary(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("FERROLB_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let path = dir.join(name);
