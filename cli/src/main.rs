@@ -83,9 +83,8 @@ async fn run(args: Args) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { kubeconfig, lb_class } => {
-            let client = ferrolb_process::connect(kubeconfig.as_deref(), "ferrolb-cli")
-                .await
-                .map_err(|e| e.to_string())?;
+            let client =
+                ferrolb_process::connect(kubeconfig.as_deref(), "ferrolb-cli").await.map_err(|e| e.to_string())?;
             let pools = Api::<IPPool>::all(client.clone())
                 .list(&Default::default())
                 .await

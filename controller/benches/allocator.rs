@@ -13,7 +13,7 @@ use ferrolb_crds::addresses::{parse_entry, to_u128};
 
 fn request(i: usize, family: Family) -> Request {
     Request {
-        key: format!("bench/svc-{i}"),
+        key: format!("bench/svc-{i}").as_str().into(),
         namespace: "bench".into(),
         labels: BTreeMap::new(),
         namespace_labels: BTreeMap::new(),
@@ -56,7 +56,7 @@ fn ferrolb(cidr: &str, family: Family, used: usize, rounds: usize) -> Duration {
         let o = black_box(a.assign(&req, &[], None));
         total += t.elapsed();
         assert!(o.assignment.is_some());
-        a.release(&req.key);
+        a.release(req.key.as_str());
     }
     total / rounds as u32
 }

@@ -9,5 +9,5 @@ pub mod selector;
 pub mod service;
 
 pub use addresses::{AddressError, AddressRange, Family};
-pub use service::{Protocol, ServiceKey};
 pub use ippool::{AddressCounts, IPPool, IPPoolSpec, IPPoolStatus, L2Settings, ServiceAllocation};
+pub use service::{Protocol, ServiceKey};

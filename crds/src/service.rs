@@ -19,7 +19,10 @@ impl ServiceKey {
 
     /// The key of a Service object.
     pub fn of(svc: &Service) -> Self {
-        Self::new(svc.metadata.namespace.as_deref().unwrap_or_default(), svc.metadata.name.as_deref().unwrap_or_default())
+        Self::new(
+            svc.metadata.namespace.as_deref().unwrap_or_default(),
+            svc.metadata.name.as_deref().unwrap_or_default(),
+        )
     }
 
     /// The Service's namespace.

@@ -26,4 +26,3 @@ pub async fn connect(kubeconfig: Option<&Path>, agent: &str) -> Result<kube::Cli
     config.headers.push((USER_AGENT, value));
     Ok(kube::Client::try_from(config)?)
 }
-

@@ -29,4 +29,3 @@ pub enum Error {
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
-

@@ -19,4 +19,3 @@ pub fn init_logging(format: LogFormat, level: &str) {
         LogFormat::Json => builder.json().init(),
     }
 }
-

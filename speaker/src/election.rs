@@ -1,9 +1,16 @@
-//! Which node announces an address: deterministic and stateless rendezvous hashing. Every speaker
-//! ranks the eligible nodes for an address by a hash of (node, address) and the first one
+//! Which nodes may announce an address (the eligibility rule every announcing protocol shares),
+//! and which one of them does in L2 mode: deterministic and stateless rendezvous hashing. Every
+//! speaker ranks the eligible nodes for an address by a hash of (node, address) and the first one
 //! announces. Removing a node that is not the winner moves nothing; removing the winner moves only
-//! its addresses, spread over the others.
+//! its addresses, spread over the others. Pure.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+
+use ferrolb_crds::{ServiceKey, selector};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use crate::state::{ServiceView, View};
 
 /// FNV-1a 64 followed by a SplitMix64 finaliser: stable across processes, versions and platforms,
 /// well spread, no dependency.
@@ -45,10 +52,154 @@ where
     eligible.into_iter().map(|n| (score(n, address), n)).max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(a.1))).map(|(_, n)| n)
 }
 
+/// The live nodes that may make an address reachable: alive, usable (ready, network available,
+/// not excluded from load balancers), selected by the protocol's `node_selector`, and — when any
+/// Service on the address has `externalTrafficPolicy: Local` — holding a ready endpoint of each
+/// such Service.
+pub fn eligible<'a>(
+    view: &'a View,
+    services: &[&ServiceView],
+    node_selector: Option<&LabelSelector>,
+    alive: &'a BTreeSet<String>,
+) -> Vec<&'a str> {
+    alive
+        .iter()
+        .filter_map(|n| view.nodes.get(n))
+        .filter(|n| n.usable)
+        .filter(|n| node_selector.is_none_or(|s| selector::matches(s, &n.labels).unwrap_or(false)))
+        .filter(|n| services.iter().filter(|s| s.local).all(|s| s.ready_nodes.contains(&n.name)))
+        .map(|n| n.name.as_str())
+        .collect()
+}
+
+/// Who announces one address in L2 mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    /// The announcing node, if any node is eligible.
+    pub winner: Option<String>,
+    /// The Services using the address.
+    pub services: Vec<ServiceKey>,
+    /// Interface names or globs to announce on (empty: every suitable one).
+    pub interfaces: Vec<String>,
+}
+
+/// Who announces every address in L2 mode, given the speakers alive now. Every speaker computes
+/// the same answer from the same inputs, so exactly one node answers for each address.
+pub fn announcements(view: &View, alive: &BTreeSet<String>) -> BTreeMap<IpAddr, Announcement> {
+    let mut out = BTreeMap::new();
+    for (ip, services) in view.by_address() {
+        // Shared addresses come from one pool; the first Service's pool speaks for all.
+        let pool = view.pools.get(&services[0].pool);
+        let eligible = match pool {
+            Some(p) if p.enabled => eligible(view, &services, p.node_selector.as_ref(), alive),
+            _ => Vec::new(),
+        };
+        out.insert(
+            ip,
+            Announcement {
+                winner: winner(eligible, &ip).map(String::from),
+                services: services.iter().map(|s| s.key.clone()).collect(),
+                interfaces: pool.map(|p| p.interfaces.clone()).unwrap_or_default(),
+            },
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::PoolL2;
+    use crate::state::read::NodeView;
     use proptest::prelude::*;
+
+    fn svc(key: &str, ip: &str, pool: &str, local: bool, ready: &[&str]) -> (ServiceKey, ServiceView) {
+        let view = ServiceView {
+            key: ServiceKey::from(key),
+            ips: vec![ip.parse().unwrap()],
+            pool: pool.into(),
+            local,
+            ports: Vec::new(),
+            ready_nodes: ready.iter().map(|s| s.to_string()).collect(),
+            source_ranges: Vec::new(),
+            affinity: None,
+        };
+        (view.key.clone(), view)
+    }
+
+    fn view() -> View {
+        let node = |name: &str, lb: bool| {
+            let mut labels = BTreeMap::new();
+            if lb {
+                labels.insert("lb".to_string(), "true".to_string());
+            }
+            (name.to_string(), NodeView { name: name.into(), labels, usable: true })
+        };
+        View {
+            services: [
+                svc("d/a", "198.51.100.1", "p", false, &[]),
+                svc("d/b", "198.51.100.1", "p", false, &[]),
+                svc("d/local", "198.51.100.2", "p", true, &["n2"]),
+                svc("d/sel", "198.51.100.3", "sel", false, &[]),
+                svc("d/off", "198.51.100.4", "off", false, &[]),
+            ]
+            .into_iter()
+            .collect(),
+            nodes: [node("n1", true), node("n2", false), node("n3", false)].into_iter().collect(),
+            pools: BTreeMap::from([
+                ("p".to_string(), PoolL2 { enabled: true, ..PoolL2::default() }),
+                (
+                    "sel".to_string(),
+                    PoolL2 {
+                        enabled: true,
+                        node_selector: Some(LabelSelector {
+                            match_labels: Some(BTreeMap::from([("lb".to_string(), "true".to_string())])),
+                            match_expressions: None,
+                        }),
+                        interfaces: vec!["eth*".into()],
+                    },
+                ),
+                ("off".to_string(), PoolL2 { enabled: false, ..PoolL2::default() }),
+            ]),
+        }
+    }
+
+    fn all() -> BTreeSet<String> {
+        ["n1", "n2", "n3"].iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn shared_local_selected_and_disabled_addresses() {
+        let d = announcements(&view(), &all());
+        let shared = &d[&ip("198.51.100.1")];
+        assert_eq!(
+            shared.services,
+            [ServiceKey::from("d/a"), ServiceKey::from("d/b")],
+            "one decision for a shared address"
+        );
+        assert!(shared.winner.is_some());
+        assert_eq!(d[&ip("198.51.100.2")].winner.as_deref(), Some("n2"), "Local: only the node with a ready endpoint");
+        assert_eq!(d[&ip("198.51.100.3")].winner.as_deref(), Some("n1"), "nodeSelector");
+        assert_eq!(d[&ip("198.51.100.3")].interfaces, ["eth*"]);
+        assert_eq!(d[&ip("198.51.100.4")].winner, None, "l2 disabled: nobody announces");
+    }
+
+    #[test]
+    fn the_announcement_moves_with_the_endpoint_and_with_liveness() {
+        let mut v = view();
+        let local = ServiceKey::from("d/local");
+        v.services.get_mut(&local).unwrap().ready_nodes = BTreeSet::from(["n3".to_string()]);
+        assert_eq!(announcements(&v, &all())[&ip("198.51.100.2")].winner.as_deref(), Some("n3"));
+        v.services.get_mut(&local).unwrap().ready_nodes.clear();
+        assert_eq!(announcements(&v, &all())[&ip("198.51.100.2")].winner, None, "no ready endpoint, no announcement");
+        let first = announcements(&v, &all())[&ip("198.51.100.1")].winner.clone().unwrap();
+        let survivors: BTreeSet<String> = all().into_iter().filter(|n| *n != first).collect();
+        let second = announcements(&v, &survivors)[&ip("198.51.100.1")].winner.clone().unwrap();
+        assert_ne!(first, second, "the address moves when its node dies");
+        v.nodes.get_mut(&second).unwrap().usable = false;
+        let third = announcements(&v, &survivors)[&ip("198.51.100.1")].winner.clone().unwrap();
+        assert!(third != first && third != second, "an unusable node does not announce");
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -105,7 +105,7 @@ async fn run(args: Args) -> Result<(), telemetry::Error> {
         forwarding = ?args.forwarding,
         "connected to the API server"
     );
-    let metrics = agent::Metrics::default();
+    let metrics = ferrolb_speaker::metrics::Metrics::default();
     let telemetry = telemetry::Telemetry::new(|r| metrics.register(r));
     telemetry.serve(args.metrics_addr, args.health_addr).await?;
     telemetry.set_ready(true);

@@ -17,8 +17,9 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use ferrolb_crds::Protocol;
 use ferrolb_speaker::forwarding::libnft::Nftables;
-use ferrolb_speaker::forwarding::render::{Port, Proto, Service, build};
+use ferrolb_speaker::forwarding::render::{ForwardedService, Port, Ruleset};
 use ferrolb_tests::lab::netns;
 
 const VIP: &str = "198.51.100.200";
@@ -29,20 +30,20 @@ const WORKERS: usize = 4;
 
 /// `n` Services; the last one is the measured one (VIP:80 → pod:8080, VIP:81 → pod:8081), the others have VIPs in the
 /// benchmarking range 198.18.0.0/15 and endpoints nobody uses.
-fn services(n: usize) -> Vec<Service> {
+fn services(n: usize) -> Vec<ForwardedService> {
     (0..n)
         .map(|i| {
             let last = i + 1 == n;
             let vip = if last { VIP.parse().unwrap() } else { Ipv4Addr::from(0xc612_0000u32 + i as u32).into() };
             let ep = if last { POD.parse().unwrap() } else { "203.0.113.99".parse().unwrap() };
-            Service {
+            ForwardedService {
                 key: format!("bench/svc-{i}"),
                 vips: vec![vip],
                 ports: vec![
-                    Port { proto: Proto::Tcp, port: 80, node_port: None, endpoints: vec![(ep, 8080)] },
-                    Port { proto: Proto::Tcp, port: 81, node_port: None, endpoints: vec![(ep, 8081)] },
+                    Port { proto: Protocol::Tcp, port: 80, node_port: None, endpoints: vec![(ep, 8080)] },
+                    Port { proto: Protocol::Tcp, port: 81, node_port: None, endpoints: vec![(ep, 8081)] },
                 ],
-                ..Service::default()
+                ..ForwardedService::default()
             }
         })
         .collect()
@@ -72,7 +73,7 @@ enum Table {
 fn program(nft: &mut Nftables, table: Table) {
     let _ = nft.run("table ip linear {}\ndelete table ip linear\ntable inet ferrolb {}\ndelete table inet ferrolb\n");
     match table {
-        Table::Ferrolb(n) => nft.run(&build(&services(n)).full()),
+        Table::Ferrolb(n) => nft.run(&Ruleset::of(&services(n)).full()),
         Table::Linear(n) => nft.run(&linear(n)),
     }
     .expect("the table applies");

@@ -8,23 +8,24 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use ferrolb_crds::Protocol;
 use ferrolb_speaker::forwarding::libnft::Nftables;
-use ferrolb_speaker::forwarding::render::{Port, Proto, Service, build};
+use ferrolb_speaker::forwarding::render::{ForwardedService, Port, Ruleset};
 use ferrolb_tests::lab::netns;
 
 /// `n` Services of two endpoints each; `bump` moves one endpoint of Service `bump`.
-fn services(n: usize, bump: Option<usize>) -> Vec<Service> {
+fn services(n: usize, bump: Option<usize>) -> Vec<ForwardedService> {
     (0..n)
         .map(|i| {
             // RFC 2544's benchmarking range for VIPs, documentation addresses for endpoints: data
             // in a namespace that has no traffic.
             let vip: IpAddr = std::net::Ipv4Addr::from(0xc612_0000u32 + i as u32).into();
             let last = if bump == Some(i) { 99 } else { 3 };
-            Service {
+            ForwardedService {
                 key: format!("bench/svc-{i}"),
                 vips: vec![vip],
                 ports: vec![Port {
-                    proto: Proto::Tcp,
+                    proto: Protocol::Tcp,
                     port: 80,
                     node_port: Some(20000 + (i % 12000) as u16),
                     endpoints: vec![
@@ -82,7 +83,7 @@ fn main() {
         let mut nft = Nftables::open().expect("libnftables loads");
         for n in [10, 1_000, 10_000] {
             let t = Instant::now();
-            let before = build(&services(n, None));
+            let before = Ruleset::of(&services(n, None));
             let text = before.full();
             let rendered = t.elapsed();
             // Start from an empty namespace each time.
@@ -91,8 +92,8 @@ fn main() {
                 .or_else(|_| nft.run("table inet ferrolb {}\ndelete table inet ferrolb\n"));
             let scratch = library(&mut nft, &text);
             // Warm the context's cache the way a running speaker's is: by its previous change.
-            library(&mut nft, &build(&services(n, Some(n / 3))).changes_from(&before));
-            library(&mut nft, &before.changes_from(&build(&services(n, Some(n / 3)))));
+            library(&mut nft, &Ruleset::of(&services(n, Some(n / 3))).changes_from(&before));
+            library(&mut nft, &before.changes_from(&Ruleset::of(&services(n, Some(n / 3)))));
             let changed_services = services(n, Some(n / 2));
             let t = Instant::now();
             let after = before.rebuilt(&changed_services);

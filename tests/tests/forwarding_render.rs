@@ -6,27 +6,28 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use ferrolb_crds::Protocol;
 use ferrolb_speaker::forwarding::readback;
-use ferrolb_speaker::forwarding::render::{Port, Proto, Ruleset, Service, build};
+use ferrolb_speaker::forwarding::render::{ForwardedService, Port, Ruleset};
 use ferrolb_tests::lab::{netns, probe};
 
 /// Three Services (sticky Cluster, Local, guarded) with `endpoints` endpoints on TCP 80 and on
 /// SCTP 9000 (`shift` moves their addresses), and a UDP port without endpoints.
-fn sample(endpoints: usize, shift: usize) -> Vec<Service> {
+fn sample(endpoints: usize, shift: usize) -> Vec<ForwardedService> {
     (0..3)
         .map(|i| {
             let eps: Vec<_> =
                 (0..endpoints).map(|e| (format!("203.0.113.{}", 2 + 64 * e + shift).parse().unwrap(), 8080)).collect();
-            Service {
+            ForwardedService {
                 key: format!("default/svc{i}"),
                 vips: vec![
                     format!("198.51.100.{}", 200 + i).parse().unwrap(),
                     format!("2001:db8:100::{}", 200 + i).parse().unwrap(),
                 ],
                 ports: vec![
-                    Port { proto: Proto::Tcp, port: 80, node_port: Some(30080 + i as u16), endpoints: eps.clone() },
-                    Port { proto: Proto::Sctp, port: 9000, node_port: None, endpoints: eps },
-                    Port { proto: Proto::Udp, port: 53, node_port: None, endpoints: vec![] },
+                    Port { proto: Protocol::Tcp, port: 80, node_port: Some(30080 + i as u16), endpoints: eps.clone() },
+                    Port { proto: Protocol::Sctp, port: 9000, node_port: None, endpoints: eps },
+                    Port { proto: Protocol::Udp, port: 53, node_port: None, endpoints: vec![] },
                 ],
                 local: i == 1,
                 source_ranges: if i == 2 { vec!["198.51.100.0/24".parse().unwrap()] } else { vec![] },
@@ -73,7 +74,7 @@ fn the_kernel_takes_the_table_whole_and_by_difference() {
     let result = std::panic::catch_unwind(|| {
         // Every step changes something different: endpoints appear, move, multiply, vanish;
         // affinity timeouts change (new sets), Services go and come back.
-        let steps: Vec<Vec<Service>> = vec![
+        let steps: Vec<Vec<ForwardedService>> = vec![
             sample(1, 0),
             sample(2, 0),
             sample(2, 1),
@@ -85,7 +86,7 @@ fn the_kernel_takes_the_table_whole_and_by_difference() {
         ];
         let mut applied: Option<Ruleset> = None;
         for (n, services) in steps.iter().enumerate() {
-            let rs = build(services);
+            let rs = Ruleset::of(services);
             let full = rs.full();
             nft_file(&whole, &full).unwrap_or_else(|e| panic!("step {n}: the whole table applies: {e}"));
             let text = match &applied {
@@ -108,7 +109,7 @@ fn the_kernel_takes_the_table_whole_and_by_difference() {
             applied = Some(rs);
         }
         // Spot-check the whole table's content in the kernel's own words.
-        nft_file(&whole, &build(&sample(2, 0)).full()).unwrap();
+        nft_file(&whole, &Ruleset::of(&sample(2, 0)).full()).unwrap();
         let listed = netns::exec(&whole, "nft", &["list", "table", "inet", "ferrolb"]).unwrap();
         let flat = listed.split_whitespace().collect::<Vec<_>>().join(" ");
         for needle in [
@@ -124,7 +125,7 @@ fn the_kernel_takes_the_table_whole_and_by_difference() {
         }
         assert_eq!(listed.matches("table inet ferrolb").count(), 1, "one table, replaced atomically");
         // What someone might do by hand shows in the read-back: in the shape, or in the content.
-        let expected = build(&sample(2, 0)).shape();
+        let expected = Ruleset::of(&sample(2, 0)).shape();
         let read = || {
             readback::read(&netns::exec(&whole, "nft", &["-j", "list", "table", "inet", "ferrolb"]).unwrap())
                 .expect("nft's JSON")
@@ -138,13 +139,13 @@ fn the_kernel_takes_the_table_whole_and_by_difference() {
         )
         .unwrap();
         assert_ne!(read().shape, expected, "a deleted element is noticed");
-        nft_file(&whole, &build(&sample(2, 0)).full()).unwrap();
+        nft_file(&whole, &Ruleset::of(&sample(2, 0)).full()).unwrap();
         netns::exec(&whole, "nft", &["flush", "chain", "inet", "ferrolb", "svc/default/svc1/tcp/80/v4"]).unwrap();
         assert_ne!(read().shape, expected, "a flushed chain is noticed");
-        nft_file(&whole, &build(&sample(2, 0)).full()).unwrap();
+        nft_file(&whole, &Ruleset::of(&sample(2, 0)).full()).unwrap();
         netns::exec(&whole, "nft", &["add", "rule", "inet", "ferrolb", "nat_prerouting", "accept"]).unwrap();
         assert_ne!(read().shape, expected, "an added rule is noticed");
-        nft_file(&whole, &build(&sample(2, 0)).full()).unwrap();
+        nft_file(&whole, &Ruleset::of(&sample(2, 0)).full()).unwrap();
         assert_eq!(read().content, content, "the same table again reads back the same");
         let chain = "svc/default/svc1/tcp/80/v4";
         let handle = probe::rule_handle(&whole, chain, "dnat").expect("a rule handle");

@@ -45,10 +45,8 @@ async fn ips(client: &Client, name: &str) -> Vec<String> {
 }
 
 async fn wait_ips(client: &Client, name: &str, want: &[&str]) {
-    eventually(&format!("{name} to hold {want:?}"), WAIT, || async {
-        (ips(client, name).await == want).then_some(())
-    })
-    .await;
+    eventually(&format!("{name} to hold {want:?}"), WAIT, || async { (ips(client, name).await == want).then_some(()) })
+        .await;
 }
 
 /// The gap: watches are held and cut, `during` runs, the history of `expired` (group, plural) is

@@ -198,5 +198,4 @@ impl Allocator {
         ips.sort_by_key(|ip| wanted.iter().position(|f| *f == Family::of(ip)));
         Ok(Assignment { pool, ips })
     }
-
 }

@@ -224,7 +224,8 @@ impl Reconciler {
     fn relisted(&mut self, kind: Kind) {
         match kind {
             Kind::Service => {
-                let mut keys: BTreeSet<ServiceKey> = self.stores.services.state().iter().map(|s| ServiceKey::of(s)).collect();
+                let mut keys: BTreeSet<ServiceKey> =
+                    self.stores.services.state().iter().map(|s| ServiceKey::of(s)).collect();
                 keys.extend(self.alloc.assignments().map(|(k, _)| k.clone()));
                 keys.extend(self.waiting.iter().cloned());
                 for key in keys {
@@ -263,8 +264,9 @@ impl Reconciler {
             .unwrap_or_default();
         let mut d = service::update(&mut self.alloc, key.as_str(), svc.as_deref(), &labels, &self.ctx.handling);
         self.ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
-        let handled =
-            svc.as_ref().is_some_and(|s| read::is_handled(s, &self.ctx.handling.lb_class, self.ctx.handling.class_only));
+        let handled = svc
+            .as_ref()
+            .is_some_and(|s| read::is_handled(s, &self.ctx.handling.lb_class, self.ctx.handling.class_only));
         if d.waiting && handled {
             self.waiting.insert(key.clone());
         } else {

@@ -7,10 +7,10 @@
 //! loop compares what it holds with the store.
 
 use futures::StreamExt;
+use kube::Resource;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::Resource;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 

@@ -66,6 +66,36 @@ pub fn read(nft_json: &str) -> Option<Listing> {
     Some(Listing { shape, content })
 }
 
+/// What a read-back says about the table the speaker applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// As applied; `adopt` is the content to hold it to from now on (the first read-back after a
+    /// change), if there is a new one.
+    Intact {
+        /// Content to adopt as the reference.
+        adopt: Option<BTreeMap<String, u64>>,
+    },
+    /// Changed or deleted by someone else (or unreadable): put the whole table back.
+    Repair,
+}
+
+/// Judges a read-back: the `listed` table must have the `expected` shape and, once a content was
+/// `adopted`, that content.
+pub fn verdict(
+    expected: &BTreeMap<String, usize>,
+    adopted: Option<&BTreeMap<String, u64>>,
+    listed: Option<Listing>,
+) -> Verdict {
+    match listed {
+        Some(l) if l.shape == *expected => match adopted {
+            None => Verdict::Intact { adopt: Some(l.content) },
+            Some(c) if *c == l.content => Verdict::Intact { adopt: None },
+            Some(_) => Verdict::Repair,
+        },
+        _ => Verdict::Repair,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +136,22 @@ mod tests {
         assert_ne!(element.content["set vips_v4"], l.content["set vips_v4"]);
         let client = read(&LISTING.replace("198.51.100.9", "198.51.100.10")).unwrap();
         assert_eq!(client.content, l.content, "affinity members come and go");
+    }
+
+    #[test]
+    fn the_repair_verdict() {
+        let l = read(LISTING).unwrap();
+        let shape = l.shape.clone();
+        // The first read-back after a change adopts the content it finds.
+        assert_eq!(verdict(&shape, None, Some(l.clone())), Verdict::Intact { adopt: Some(l.content.clone()) });
+        assert_eq!(verdict(&shape, Some(&l.content), Some(l.clone())), Verdict::Intact { adopt: None });
+        // A rule replaced in place: same shape, other content.
+        let replaced = read(&LISTING.replace(r#"{"drop": null}"#, r#"{"accept": null}"#)).unwrap();
+        assert_eq!(verdict(&shape, Some(&l.content), Some(replaced)), Verdict::Repair);
+        // A rule deleted, the table gone, or nft's answer unreadable.
+        let mut fewer = shape.clone();
+        *fewer.get_mut("chain nat_prerouting").unwrap() = 1;
+        assert_eq!(verdict(&fewer, None, Some(l)), Verdict::Repair);
+        assert_eq!(verdict(&shape, None, None), Verdict::Repair);
     }
 }

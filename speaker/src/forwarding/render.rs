@@ -17,7 +17,11 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use ferrolb_crds::Protocol;
 use ipnetwork::IpNetwork;
+
+use super::diff::{Changes, element};
+use super::part::Part;
 
 /// The table's name (family `inet`).
 pub const TABLE: &str = "ferrolb";
@@ -25,24 +29,12 @@ pub const TABLE: &str = "ferrolb";
 /// The packet mark that asks for masquerading.
 pub const MASQ_MARK: u32 = 0x4000;
 
-/// A transport protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Proto {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-    /// SCTP.
-    Sctp,
-}
-
-impl Proto {
-    fn nft(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-            Proto::Sctp => "sctp",
-        }
+/// The protocol's name in nftables.
+pub(super) fn nft_protocol(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
     }
 }
 
@@ -50,7 +42,7 @@ impl Proto {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Port {
     /// Protocol.
-    pub proto: Proto,
+    pub proto: Protocol,
     /// The Service port (on the VIPs).
     pub port: u16,
     /// The NodePort, if any.
@@ -62,7 +54,7 @@ pub struct Port {
 
 /// A Service as the forwarding sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Service {
+pub struct ForwardedService {
     /// `namespace/name`, for comments.
     pub key: String,
     /// Its load-balancer addresses.
@@ -77,24 +69,6 @@ pub struct Service {
     pub affinity: Option<u32>,
 }
 
-fn fam(ip: &IpAddr) -> &'static str {
-    if ip.is_ipv4() { "ip" } else { "ip6" }
-}
-
-fn addr(ip: &IpAddr) -> String {
-    match ip {
-        IpAddr::V4(a) => a.to_string(),
-        IpAddr::V6(a) => a.to_string(),
-    }
-}
-
-fn target(ip: &IpAddr, port: u16) -> String {
-    match ip {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
-}
-
 /// ferrolb's table as one part per Service, so that a change is applied as the difference
 /// between two tables, and a Service that did not change is neither rendered nor compared again.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -102,23 +76,8 @@ pub struct Ruleset {
     parts: BTreeMap<String, Arc<Part>>,
 }
 
-/// What one Service adds to the table.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Part {
-    /// The Service it was built from (to reuse the part while the Service stays the same).
-    service: Service,
-    /// Regular chains by name, each with its rules.
-    chains: BTreeMap<String, Vec<String>>,
-    /// Elements of the fixed maps and sets by set name: key → value (empty for plain sets).
-    elements: BTreeMap<&'static str, BTreeMap<String, String>>,
-    /// ClientIP affinity sets: name → declaration.
-    affinity_sets: BTreeMap<String, String>,
-    /// Some keys were left out because an earlier Service holds them: rebuild every time.
-    shadowed: bool,
-}
-
 /// The fixed maps and sets: name, declaration.
-const SETS: [(&str, &str); 6] = [
+pub(super) const SETS: [(&str, &str); 6] = [
     ("vips_v4", "type ipv4_addr . inet_proto . inet_service : verdict"),
     ("vips_v6", "type ipv6_addr . inet_proto . inet_service : verdict"),
     ("nodeports", "type inet_proto . inet_service : verdict"),
@@ -128,7 +87,7 @@ const SETS: [(&str, &str); 6] = [
 ];
 
 /// Sets that share keys: a key is in at most one set of a group.
-fn group(set: &str) -> u8 {
+pub(super) fn group(set: &str) -> u8 {
     match set {
         "vips_v4" | "refused_v4" => 4,
         "vips_v6" | "refused_v6" => 6,
@@ -137,23 +96,23 @@ fn group(set: &str) -> u8 {
 }
 
 /// The whole table as an `nft -f` script that replaces what was there (one atomic transaction).
-pub fn render(services: &[Service]) -> String {
-    build(services).full()
-}
-
-/// The table that forwards `services`.
-pub fn build(services: &[Service]) -> Ruleset {
-    Ruleset::default().rebuilt(services)
+pub fn render(services: &[ForwardedService]) -> String {
+    Ruleset::of(services).full()
 }
 
 impl Ruleset {
+    /// The table that forwards `services`.
+    pub fn of(services: &[ForwardedService]) -> Ruleset {
+        Ruleset::default().rebuilt(services)
+    }
+
     /// The table for `services`, reusing the parts of Services that did not change.
-    pub fn rebuilt(&self, services: &[Service]) -> Ruleset {
+    pub fn rebuilt(&self, services: &[ForwardedService]) -> Ruleset {
         let mut claimed: HashSet<(u8, &str)> = HashSet::new();
         let mut built: Vec<(String, Arc<Part>)> = Vec::with_capacity(services.len());
         for svc in services {
             let reuse = self.parts.get(&svc.key).filter(|p| p.service == *svc && !p.shadowed).cloned();
-            let part = reuse.unwrap_or_else(|| Arc::new(Part::build(svc)));
+            let part = reuse.unwrap_or_else(|| Arc::new(Part::of(svc)));
             built.push((svc.key.clone(), part));
         }
         // A key claimed twice (which the controller prevents) keeps its first owner rather than
@@ -271,174 +230,6 @@ impl Ruleset {
     }
 }
 
-impl Part {
-    /// The chains, elements and sets of one Service.
-    fn build(svc: &Service) -> Part {
-        let mut part = Part { service: svc.clone(), ..Part::default() };
-        for p in &svc.ports {
-            for v6 in [false, true] {
-                part.add_port(svc, p, v6);
-            }
-        }
-        part
-    }
-
-    /// Adds one Service port of one family: its chains and its map elements.
-    fn add_port(&mut self, svc: &Service, p: &Port, v6: bool) {
-        let (family, saddr, vips_map, refused) =
-            if v6 { ("v6", "ip6 saddr", "vips_v6", "refused_v6") } else { ("v4", "ip saddr", "vips_v4", "refused_v4") };
-        let l4 = p.proto.nft();
-        // Kubernetes names are DNS labels, so the Service key is a valid part of an nft identifier.
-        let chain = format!("svc/{}/{l4}/{}/{family}", svc.key, p.port);
-        let eps: Vec<&(IpAddr, u16)> = p.endpoints.iter().filter(|(ip, _)| ip.is_ipv6() == v6).collect();
-        let guarded = !svc.source_ranges.is_empty();
-        let mut insert = |set: &'static str, key: String, value: String| {
-            // The API refuses a Service that lists a port twice; if one slipped through, its
-            // first listing wins.
-            let taken = self.elements.iter().any(|(s, e)| group(s) == group(set) && e.contains_key(&key));
-            if !taken {
-                self.elements.entry(set).or_default().insert(key, value);
-            }
-        };
-        for vip in svc.vips.iter().filter(|ip| ip.is_ipv6() == v6) {
-            let key = format!("{} . {l4} . {}", addr(vip), p.port);
-            match (eps.is_empty(), guarded) {
-                (true, _) => insert(refused, key, String::new()),
-                (false, false) => insert(vips_map, key, format!("goto {chain}")),
-                (false, true) => insert(vips_map, key, format!("goto {chain}/lb")),
-            }
-        }
-        // NodePorts follow the IPv4 endpoints when there are any, else the IPv6 ones: one key for
-        // both families.
-        if let Some(np) = p.node_port {
-            let has_v4 = p.endpoints.iter().any(|(ip, _)| ip.is_ipv4());
-            let key = format!("{l4} . {np}");
-            if p.endpoints.is_empty() {
-                if !v6 {
-                    insert("refused_nodeports", key, String::new());
-                }
-            } else if v6 != has_v4 {
-                insert("nodeports", key, format!("goto {chain}"));
-            }
-        }
-        if eps.is_empty() {
-            return;
-        }
-        let mut rules = Vec::new();
-        if !svc.local {
-            rules.push(format!("meta mark set meta mark | {MASQ_MARK:#x}"));
-        }
-        let mut actions: Vec<String> = eps
-            .iter()
-            .map(|(ip, port)| format!("meta l4proto {l4} dnat {} to {}", fam(ip), target(ip, *port)))
-            .collect();
-        if let Some(timeout) = svc.affinity.filter(|_| eps.len() > 1) {
-            // ClientIP affinity: a client seen recently goes back to its endpoint, whose chain
-            // refreshes the memory. The timeout is part of the set's name, so changing it makes a
-            // new set rather than an update in place.
-            let kind = if v6 { "ipv6_addr" } else { "ipv4_addr" };
-            for (i, action) in actions.iter_mut().enumerate() {
-                let set = format!("aff/{}/{l4}/{}/{family}/{i}/{timeout}", svc.key, p.port);
-                let ep_chain = format!("{chain}/ep{i}");
-                self.affinity_sets
-                    .insert(set.clone(), format!("type {kind}; flags dynamic,timeout; timeout {timeout}s;"));
-                rules.push(format!("{saddr} @{set} goto {ep_chain}"));
-                self.chains.insert(ep_chain.clone(), vec![format!("update @{set} {{ {saddr} }}"), action.clone()]);
-                *action = format!("goto {ep_chain}");
-            }
-        }
-        // Endpoint i of n is taken with probability 1/(n-i) among those left: 1/n each.
-        let n = actions.len();
-        for (i, action) in actions.into_iter().enumerate() {
-            if i + 1 < n {
-                rules.push(format!("numgen random mod {} == 0 {action}", n - i));
-            } else {
-                rules.push(action);
-            }
-        }
-        self.chains.insert(chain.clone(), rules);
-        if guarded && svc.vips.iter().any(|ip| ip.is_ipv6() == v6) {
-            // No range of this family: clients of this family are not allowed at all.
-            let mut lb: Vec<String> = svc
-                .source_ranges
-                .iter()
-                .filter(|r| r.is_ipv6() == v6)
-                .map(|r| format!("{saddr} {r} goto {chain}"))
-                .collect();
-            lb.push("drop".into());
-            self.chains.insert(format!("{chain}/lb"), lb);
-        }
-    }
-}
-
-/// One transaction's commands, gathered by kind and written in an order in which everything
-/// exists before it is referred to and is referred to no more when it is deleted.
-#[derive(Default)]
-struct Changes {
-    new_sets: Vec<String>,
-    new_chains: Vec<String>,
-    rules: Vec<String>,
-    deleted_elements: BTreeMap<&'static str, Vec<String>>,
-    added_elements: BTreeMap<&'static str, Vec<String>>,
-    removed_chains: Vec<String>,
-    removed_sets: Vec<String>,
-}
-
-impl Changes {
-    /// Adds what turns Service part `was` into `now` (either may be empty).
-    fn add(&mut self, was: &Part, now: &Part) {
-        let t = format!("inet {TABLE}");
-        for (name, decl) in now.affinity_sets.iter().filter(|(n, _)| !was.affinity_sets.contains_key(*n)) {
-            self.new_sets.push(format!("add set {t} {name} {{ {decl} }}"));
-        }
-        for (name, rules) in &now.chains {
-            match was.chains.get(name) {
-                Some(old) if old == rules => continue,
-                Some(_) => self.rules.push(format!("flush chain {t} {name}")),
-                None => self.new_chains.push(format!("add chain {t} {name}")),
-            }
-            self.rules.extend(rules.iter().map(|r| format!("add rule {t} {name} {r}")));
-        }
-        let empty = BTreeMap::new();
-        for (set, _) in SETS {
-            let (n, w) = (now.elements.get(set).unwrap_or(&empty), was.elements.get(set).unwrap_or(&empty));
-            let gone = w.iter().filter(|(k, v)| n.get(*k) != Some(*v)).map(|(k, _)| k.clone());
-            self.deleted_elements.entry(set).or_default().extend(gone);
-            let added = n.iter().filter(|(k, v)| w.get(*k) != Some(*v));
-            self.added_elements.entry(set).or_default().extend(added.map(|(k, v)| element(k, v)));
-        }
-        self.removed_chains.extend(was.chains.keys().filter(|n| !now.chains.contains_key(*n)).cloned());
-        self.removed_sets.extend(was.affinity_sets.keys().filter(|n| !now.affinity_sets.contains_key(*n)).cloned());
-    }
-
-    fn script(self) -> String {
-        let t = format!("inet {TABLE}");
-        let mut out: Vec<String> = self.new_sets;
-        out.extend(self.new_chains);
-        out.extend(self.rules);
-        for (set, keys) in self.deleted_elements.iter().filter(|(_, k)| !k.is_empty()) {
-            out.push(format!("delete element {t} {set} {{ {} }}", keys.join(", ")));
-        }
-        for (set, elements) in self.added_elements.iter().filter(|(_, e)| !e.is_empty()) {
-            out.push(format!("add element {t} {set} {{ {} }}", elements.join(", ")));
-        }
-        // Chains are emptied before any is deleted, as one may jump to another.
-        out.extend(self.removed_chains.iter().map(|n| format!("flush chain {t} {n}")));
-        out.extend(self.removed_chains.iter().map(|n| format!("delete chain {t} {n}")));
-        out.extend(self.removed_sets.iter().map(|n| format!("delete set {t} {n}")));
-        let mut text = out.join("\n");
-        if !text.is_empty() {
-            text.push('\n');
-        }
-        text
-    }
-}
-
-/// `key : value`, or `key` for plain sets.
-fn element(k: &str, v: &str) -> String {
-    if v.is_empty() { k.to_string() } else { format!("{k} : {v}") }
-}
-
 /// Elements, comma-separated.
 fn element_list<'a>(elements: impl Iterator<Item = (&'a str, &'a str)>) -> String {
     elements.map(|(k, v)| element(k, v)).collect::<Vec<_>>().join(", ")
@@ -492,12 +283,12 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn web() -> Service {
-        Service {
+    fn web() -> ForwardedService {
+        ForwardedService {
             key: "default/web".into(),
             vips: vec![ip("198.51.100.200"), ip("2001:db8:100::200")],
             ports: vec![Port {
-                proto: Proto::Tcp,
+                proto: Protocol::Tcp,
                 port: 80,
                 node_port: Some(30080),
                 endpoints: vec![(ip("203.0.113.2"), 8080), (ip("203.0.113.66"), 8080), (ip("2001:db8:1:1::2"), 8080)],
@@ -530,7 +321,7 @@ mod tests {
     fn three_endpoints_get_a_third_each() {
         let mut three = web();
         three.ports[0].endpoints.insert(1, (ip("203.0.113.3"), 8080));
-        let rs = build(&[three]);
+        let rs = Ruleset::of(&[three]);
         let rules = &rs.chains()[format!("{CHAIN}/v4").as_str()];
         assert_eq!(rules[1], "numgen random mod 3 == 0 meta l4proto tcp dnat ip to 203.0.113.2:8080");
         assert_eq!(rules[2], "numgen random mod 2 == 0 meta l4proto tcp dnat ip to 203.0.113.3:8080");
@@ -563,14 +354,14 @@ mod tests {
     #[test]
     fn sctp_and_udp_ports_get_their_protocol() {
         let mut multi = web();
-        multi.ports[0].proto = Proto::Sctp;
+        multi.ports[0].proto = Protocol::Sctp;
         multi.ports.push(Port {
-            proto: Proto::Udp,
+            proto: Protocol::Udp,
             port: 53,
             node_port: None,
             endpoints: vec![(ip("203.0.113.2"), 5353)],
         });
-        let rs = build(&[multi]);
+        let rs = Ruleset::of(&[multi]);
         assert_eq!(rs.elements("vips_v4")["198.51.100.200 . sctp . 80"], "goto svc/default/web/sctp/80/v4");
         assert_eq!(rs.elements("nodeports")["sctp . 30080"], "goto svc/default/web/sctp/80/v4");
         assert_eq!(
@@ -599,7 +390,7 @@ mod tests {
     fn source_ranges_guard_the_vips_only() {
         let mut guarded = web();
         guarded.source_ranges = vec!["198.51.100.0/24".parse().unwrap()];
-        let rs = build(&[guarded]);
+        let rs = Ruleset::of(&[guarded]);
         assert_eq!(rs.elements("vips_v4")["198.51.100.200 . tcp . 80"], format!("goto {CHAIN}/v4/lb"));
         assert_eq!(
             rs.chains()[format!("{CHAIN}/v4/lb").as_str()],
@@ -612,11 +403,11 @@ mod tests {
 
     #[test]
     fn an_endpoint_change_rewrites_one_chain_only() {
-        let other = Service { key: "default/other".into(), vips: vec![ip("198.51.100.201")], ..web() };
-        let before = build(&[web(), other.clone()]);
+        let other = ForwardedService { key: "default/other".into(), vips: vec![ip("198.51.100.201")], ..web() };
+        let before = Ruleset::of(&[web(), other.clone()]);
         let mut changed = web();
         changed.ports[0].endpoints[1].0 = ip("203.0.113.67");
-        let after = build(&[changed, other]);
+        let after = Ruleset::of(&[changed, other]);
         assert_eq!(
             after.changes_from(&before),
             format!(
@@ -630,8 +421,8 @@ mod tests {
     fn a_removed_service_goes_after_its_references() {
         let mut sticky = web();
         sticky.affinity = Some(60);
-        let before = build(&[sticky]);
-        let after = build(&[]);
+        let before = Ruleset::of(&[sticky]);
+        let after = Ruleset::of(&[]);
         let text = after.changes_from(&before);
         let at = |needle: &str| text.find(needle).unwrap_or_else(|| panic!("{needle} missing from {text}"));
         assert!(
@@ -655,7 +446,7 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        fn service() -> impl Strategy<Value = Service> {
+        fn service() -> impl Strategy<Value = ForwardedService> {
             (
                 0u8..6,
                 proptest::collection::vec(
@@ -666,13 +457,13 @@ mod tests {
                 proptest::option::of(1u32..100),
                 any::<bool>(),
             )
-                .prop_map(|(n, ports, local, affinity, guarded)| Service {
+                .prop_map(|(n, ports, local, affinity, guarded)| ForwardedService {
                     key: format!("ns/svc{n}"),
                     vips: vec![ip(&format!("198.51.100.{n}")), ip(&format!("2001:db8::{n}"))],
                     ports: ports
                         .into_iter()
                         .map(|(proto, port, eps)| Port {
-                            proto: [Proto::Tcp, Proto::Udp, Proto::Sctp][usize::from(proto)],
+                            proto: [Protocol::Tcp, Protocol::Udp, Protocol::Sctp][usize::from(proto)],
                             port,
                             node_port: Some(30000 + u16::from(n) * 10 + port),
                             endpoints: eps
@@ -690,7 +481,7 @@ mod tests {
         }
 
         /// One Service per key, as the API guarantees.
-        fn dedup(mut services: Vec<Service>) -> Vec<Service> {
+        fn dedup(mut services: Vec<ForwardedService>) -> Vec<ForwardedService> {
             services.sort_by(|x, y| x.key.cmp(&y.key));
             services.dedup_by(|x, y| x.key == y.key);
             services
@@ -708,7 +499,7 @@ mod tests {
             /// a table that refers to something missing would be refused whole by the kernel.
             #[test]
             fn nothing_dangles(services in proptest::collection::vec(service(), 0..5)) {
-                let rs = build(&dedup(services));
+                let rs = Ruleset::of(&dedup(services));
                 for t in targets(&rs) {
                     prop_assert!(rs.chains().contains_key(t.as_str()), "goto {} has no chain", t);
                 }
@@ -722,7 +513,7 @@ mod tests {
             /// A key is either forwarded or refused, never both.
             #[test]
             fn forwarded_or_refused(services in proptest::collection::vec(service(), 0..5)) {
-                let rs = build(&dedup(services));
+                let rs = Ruleset::of(&dedup(services));
                 for (map, refused) in [("vips_v4", "refused_v4"), ("vips_v6", "refused_v6"), ("nodeports", "refused_nodeports")] {
                     for k in rs.elements(map).keys() {
                         prop_assert!(!rs.elements(refused).contains_key(k), "{} in {} and {}", k, map, refused);
@@ -738,8 +529,8 @@ mod tests {
                 b in proptest::collection::vec(service(), 0..4),
             ) {
                 let (a, b) = (dedup(a), dedup(b));
-                let old = build(&a);
-                prop_assert_eq!(old.rebuilt(&b).full(), build(&b).full());
+                let old = Ruleset::of(&a);
+                prop_assert_eq!(old.rebuilt(&b).full(), Ruleset::of(&b).full());
             }
 
             /// The difference touches exactly what changed: nothing for equal tables, and every
@@ -749,7 +540,7 @@ mod tests {
                 a in proptest::collection::vec(service(), 0..4),
                 b in proptest::collection::vec(service(), 0..4),
             ) {
-                let (a, b) = (build(&dedup(a)), build(&dedup(b)));
+                let (a, b) = (Ruleset::of(&dedup(a)), Ruleset::of(&dedup(b)));
                 prop_assert_eq!(a.changes_from(&a), "");
                 let text = b.changes_from(&a);
                 let (a_chains, b_chains) = (a.chains(), b.chains());

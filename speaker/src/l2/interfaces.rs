@@ -31,3 +31,32 @@ pub fn suitable() -> Vec<Interface> {
         })
         .collect()
 }
+
+/// Whether an interface name matches a name or glob (`*` any run, `?` one character).
+pub fn matches(pattern: &str, name: &str) -> bool {
+    fn go(p: &[u8], n: &[u8]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
+            (Some(b'?'), Some(_)) => go(&p[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    go(pattern.as_bytes(), name.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_globs() {
+        assert!(matches("eth0", "eth0"));
+        assert!(matches("enp*", "enp3s0"));
+        assert!(matches("eth?", "eth1"));
+        assert!(!matches("eth?", "eth10"));
+        assert!(!matches("enp*", "eth0"));
+        assert!(matches("*", "anything"));
+    }
+}

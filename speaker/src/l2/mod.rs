@@ -1,6 +1,10 @@
-//! Layer 2: ARP and NDP frames (pure: `arp`, `ndp`), interfaces, and the responders (I/O).
+//! Layer 2: ARP and NDP frames (pure: `arp`, `ndp`), interfaces, the responders (I/O), and the
+//! announcer that drives them (with its pure rules: `conflict`, `gratuitous`).
 
+pub mod announcer;
 pub mod arp;
+pub mod conflict;
+pub mod gratuitous;
 pub mod interfaces;
 pub mod ndp;
 pub mod responder;

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use pnet::datalink::{self, Channel};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use super::interfaces::Interface;
 use super::{Mac, arp, ndp};
@@ -52,7 +52,8 @@ pub struct Responder {
 
 impl Responder {
     /// Opens the interface and starts answering for whatever [`Responder::set_owned`] says.
-    pub fn start(interface: Interface, seen: mpsc::UnboundedSender<Seen>) -> std::io::Result<Self> {
+    /// What it sees goes to `seen`, and `wake` is notified so the announcer looks at it.
+    pub fn start(interface: Interface, seen: mpsc::UnboundedSender<Seen>, wake: Arc<Notify>) -> std::io::Result<Self> {
         let config = datalink::Config {
             read_timeout: Some(Duration::from_millis(100)),
             promiscuous: false,
@@ -104,6 +105,7 @@ impl Responder {
                         && ours(ip)
                     {
                         let _ = seen.send(Seen::Conflict { ip, mac: m, interface: name.clone() });
+                        wake.notify_one();
                     }
                 }
             })?;

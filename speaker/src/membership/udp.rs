@@ -25,6 +25,14 @@ pub struct Refused {
 }
 
 impl Refused {
+    /// All refused so far.
+    pub fn total(&self) -> u64 {
+        [&self.malformed, &self.bad_signature, &self.replayed, &self.stale]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
     fn count(&self, r: Refusal) {
         let c = match r {
             Refusal::Malformed => &self.malformed,
@@ -67,6 +75,35 @@ pub async fn receive(
                 refused.count(r);
             }
         }
+    }
+}
+
+/// Our side of the heartbeats: one incarnation per process, a sequence number per heartbeat.
+#[derive(Debug)]
+pub struct Sender {
+    node: String,
+    secret: Option<Vec<u8>>,
+    incarnation: u64,
+    sequence: u64,
+}
+
+impl Sender {
+    /// Heartbeats of `node`, signed with `secret` when there is one.
+    pub fn new(node: &str, secret: Option<Vec<u8>>) -> Self {
+        Self { node: node.to_string(), secret, incarnation: now_ms(), sequence: 0 }
+    }
+
+    /// Sends the next heartbeat to every peer.
+    pub async fn send(&mut self, socket: &UdpSocket, peers: &BTreeMap<String, Option<SocketAddr>>, leaving: bool) {
+        self.sequence += 1;
+        let hb = Heartbeat {
+            node: self.node.clone(),
+            incarnation: self.incarnation,
+            sequence: self.sequence,
+            sent_at_ms: now_ms(),
+            leaving,
+        };
+        send_all(socket, &hb, self.secret.as_deref(), peers).await;
     }
 }
 

@@ -1,0 +1,209 @@
+//! The L2 announcing protocol (shaped like MetalLB's `layer2/announcer.go`): from the election's
+//! answer, the addresses this node owns; a responder per suitable interface answering ARP/NDP for
+//! them; a gratuitous announcement on every takeover, repeated; and other hosts' claims judged as
+//! conflicts (or, while leaving, as the hand-over completing).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, mpsc};
+
+use super::conflict::{Conflicts, Verdict};
+use super::gratuitous::Repeats;
+use super::interfaces::{self, Interface};
+use super::responder::{Responder, Seen};
+use crate::announce::{Announcer, Notice};
+use crate::election;
+use crate::metrics::{AddressLabel, Metrics};
+use crate::state::View;
+
+/// How often the interfaces are looked at again (they come and go with pods and cables).
+const RESCAN_EVERY: Duration = Duration::from_secs(2);
+
+/// The L2 announcer of one node.
+pub struct L2Announcer {
+    node: String,
+    metrics: Metrics,
+    wake: Arc<Notify>,
+    seen_tx: mpsc::UnboundedSender<Seen>,
+    seen_rx: mpsc::UnboundedReceiver<Seen>,
+    responders: BTreeMap<String, Responder>,
+    interfaces: Vec<Interface>,
+    scanned: Option<Instant>,
+    /// The addresses this node announces, with the interface patterns of their pools.
+    mine: BTreeMap<IpAddr, Vec<String>>,
+    /// When this node took each of its addresses over.
+    owned_since: BTreeMap<IpAddr, Instant>,
+    /// Where each announced address is answered ("on eth0, eth1").
+    announced: BTreeMap<IpAddr, String>,
+    repeats: Repeats,
+    conflicts: Conflicts,
+    notices: Vec<Notice>,
+    /// While leaving: addresses another node has announced since.
+    taken_over: Option<BTreeSet<IpAddr>>,
+}
+
+impl L2Announcer {
+    /// An announcer for `node`; `wake` is notified when the wire has news (a claim seen).
+    pub fn new(node: &str, metrics: Metrics, wake: Arc<Notify>) -> Self {
+        let (seen_tx, seen_rx) = mpsc::unbounded_channel();
+        Self {
+            node: node.to_string(),
+            metrics,
+            wake,
+            seen_tx,
+            seen_rx,
+            responders: BTreeMap::new(),
+            interfaces: Vec::new(),
+            scanned: None,
+            mine: BTreeMap::new(),
+            owned_since: BTreeMap::new(),
+            announced: BTreeMap::new(),
+            repeats: Repeats::default(),
+            conflicts: Conflicts::default(),
+            notices: Vec::new(),
+            taken_over: None,
+        }
+    }
+
+    fn seen(&mut self, seen: Seen, now: Instant) {
+        let Seen::Conflict { ip, mac, interface } = seen;
+        if let Some(taken) = &mut self.taken_over {
+            // Leaving: another node announcing our address is the hand-over we wait for.
+            taken.insert(ip);
+            return;
+        }
+        let verdict = self.conflicts.judge(ip, mac, self.owned_since.get(&ip).copied(), now);
+        if verdict == Verdict::Ignore {
+            return;
+        }
+        self.metrics.conflicts.inc();
+        let text = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        tracing::warn!(%ip, mac = %text, %interface, "another host answers for an address this node announces");
+        if verdict == Verdict::Report {
+            let message = format!(
+                "another host ({text}) answers ARP/NDP for {ip} on {interface}, which node {} announces: two hosts claim the address",
+                self.node
+            );
+            self.notices.push(Notice { ip, warning: true, reason: "AddressConflict", message });
+        }
+    }
+
+    /// Opens and closes responders for the interfaces, sets what each answers for, announces
+    /// new addresses, and refreshes the per-address counters.
+    fn drive(&mut self, now: Instant) {
+        if self.scanned.is_none_or(|t| now.saturating_duration_since(t) > RESCAN_EVERY) {
+            self.interfaces = interfaces::suitable();
+            self.scanned = Some(now);
+        }
+        let names: BTreeSet<&str> = self.interfaces.iter().map(|i| i.name.as_str()).collect();
+        self.responders.retain(|n, _| names.contains(n.as_str()));
+        let mut per_address: BTreeMap<IpAddr, (u64, u64)> = BTreeMap::new();
+        let mut gratuitous = 0;
+        let mut on: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+        let mut fresh: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+        for iface in &self.interfaces {
+            let owned: BTreeSet<IpAddr> = self
+                .mine
+                .iter()
+                .filter(|(_, patterns)| {
+                    patterns.is_empty() || patterns.iter().any(|p| interfaces::matches(p, &iface.name))
+                })
+                .map(|(ip, _)| *ip)
+                .collect();
+            if !self.responders.contains_key(&iface.name) {
+                if owned.is_empty() {
+                    continue;
+                }
+                match Responder::start(iface.clone(), self.seen_tx.clone(), self.wake.clone()) {
+                    Ok(r) => {
+                        self.responders.insert(iface.name.clone(), r);
+                    }
+                    Err(e) => {
+                        tracing::warn!(interface = %iface.name, error = %e, "cannot open the interface");
+                        continue;
+                    }
+                }
+            }
+            let Some(r) = self.responders.get_mut(&iface.name) else { continue };
+            for ip in &owned {
+                on.entry(*ip).or_default().push(iface.name.clone());
+            }
+            for ip in r.set_owned(&owned) {
+                r.announce(ip);
+                fresh.entry(ip).or_default().push(iface.name.clone());
+                self.repeats.schedule(&iface.name, ip, now);
+            }
+            let c = &r.counters;
+            for (ip, (req, rep)) in c.per_address.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                let e = per_address.entry(*ip).or_default();
+                e.0 += req;
+                e.1 += rep;
+            }
+            gratuitous += c.gratuitous.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        for (ip, (req, rep)) in per_address {
+            let label = AddressLabel { address: ip.to_string() };
+            self.metrics.requests.get_or_create(&label).set(req as i64);
+            self.metrics.replies.get_or_create(&label).set(rep as i64);
+        }
+        self.metrics.gratuitous.set(gratuitous as i64);
+        for (ip, ifaces) in fresh {
+            let message = format!("{ip} announced by node {} on {}", self.node, ifaces.join(", "));
+            self.notices.push(Notice { ip, warning: false, reason: "Announced", message });
+        }
+        self.announced = on.into_iter().map(|(ip, ifaces)| (ip, format!("on {}", ifaces.join(", ")))).collect();
+    }
+}
+
+impl Announcer for L2Announcer {
+    fn update(&mut self, view: &View, alive: &BTreeSet<String>, now: Instant) {
+        let mine: BTreeMap<IpAddr, Vec<String>> = election::announcements(view, alive)
+            .into_iter()
+            .filter(|(_, a)| a.winner.as_deref() == Some(self.node.as_str()))
+            .map(|(ip, a)| (ip, a.interfaces))
+            .collect();
+        if mine.keys().ne(self.mine.keys()) {
+            self.metrics.election_changes.inc();
+            tracing::info!(addresses = ?mine.keys().collect::<Vec<_>>(), "announcing");
+        }
+        self.owned_since.retain(|ip, _| mine.contains_key(ip));
+        for ip in mine.keys() {
+            self.owned_since.entry(*ip).or_insert(now);
+        }
+        self.mine = mine;
+        self.metrics.announced.set(self.mine.len() as i64);
+        self.drive(now);
+    }
+
+    fn tick(&mut self, now: Instant) {
+        while let Ok(seen) = self.seen_rx.try_recv() {
+            self.seen(seen, now);
+        }
+        for (iface, ip) in self.repeats.due(now) {
+            if self.mine.contains_key(&ip)
+                && let Some(r) = self.responders.get(&iface)
+            {
+                r.announce(ip);
+            }
+        }
+    }
+
+    fn announced(&self) -> &BTreeMap<IpAddr, String> {
+        &self.announced
+    }
+
+    fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
+    }
+
+    fn not_yet_taken_over(&mut self) -> BTreeSet<IpAddr> {
+        let taken = self.taken_over.get_or_insert_with(BTreeSet::new);
+        while let Ok(Seen::Conflict { ip, .. }) = self.seen_rx.try_recv() {
+            taken.insert(ip);
+        }
+        self.mine.keys().filter(|ip| !taken.contains(ip)).copied().collect()
+    }
+}
