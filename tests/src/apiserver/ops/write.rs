@@ -1,0 +1,296 @@
+//! Writing: create, update, patch and delete with kube-apiserver's object semantics.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::admission::*;
+use super::namespaces::*;
+use super::*;
+use crate::apiserver::error::{ApiError, ApiResult, Cause};
+use crate::apiserver::meta;
+use crate::apiserver::patch::{self, PatchType};
+use crate::apiserver::store::{ObjectKey, Store};
+
+/// POST: create an object (201).
+pub fn create(store: &mut Store, t: &Target, body: Value, dry_run: bool) -> ApiResult<Value> {
+    let mut obj = t.to_storage(body);
+    if !obj["metadata"].is_object() {
+        obj["metadata"] = json!({});
+    }
+    let meta = &mut obj["metadata"];
+    let has_name = meta["name"].as_str().is_some_and(|n| !n.is_empty());
+    if !has_name {
+        match meta["generateName"].as_str().filter(|g| !g.is_empty()) {
+            Some(prefix) => meta["name"] = json!(format!("{prefix}{}", meta::name_suffix())),
+            None => {
+                return Err(ApiError::invalid(
+                    &t.info.kind_group(),
+                    "",
+                    vec![Cause::new("metadata.name", "Required value: name or generateName is required")],
+                ));
+            }
+        }
+    }
+    let name = meta["name"].as_str().unwrap_or_default().to_string();
+    if t.info.namespaced {
+        let ns = t.namespace.clone().unwrap_or_default();
+        match meta["namespace"].as_str() {
+            Some(n) if !n.is_empty() && n != ns => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+            _ => meta["namespace"] = json!(ns),
+        }
+        check_namespace_open(store, &ns)?;
+    } else if let Some(m) = meta.as_object_mut() {
+        m.remove("namespace");
+    }
+    let key = (meta["namespace"].as_str().unwrap_or_default().to_string(), name.clone());
+    if collection(store, t)?.objects.contains_key(&key) {
+        return Err(ApiError::already_exists(&t.info.qualified(), &name));
+    }
+    if let Some(m) = meta.as_object_mut() {
+        for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink"] {
+            m.remove(k);
+        }
+    }
+    meta["uid"] = json!(uuid::Uuid::new_v4().to_string());
+    meta["creationTimestamp"] = json!(meta::now());
+    meta["generation"] = json!(1);
+    if t.info.has_status(&t.version)
+        && !t.info.status_on_create
+        && let Some(o) = obj.as_object_mut()
+    {
+        o.remove("status");
+    }
+    admit(store, t, &mut obj, None)?;
+    if dry_run {
+        return Ok(t.to_wire(&obj));
+    }
+    let stored = store.put(&t.key, obj);
+    after_commit(store, t, Some(&stored), None)?;
+    Ok(t.to_wire(&stored))
+}
+
+pub(super) fn check_namespace_open(store: &Store, ns: &str) -> ApiResult<()> {
+    let namespaces = store.collection(&(String::new(), "namespaces".into()));
+    match namespaces.and_then(|c| c.objects.get(&(String::new(), ns.to_string()))) {
+        None => Err(ApiError::not_found("namespaces", ns)),
+        Some(n) if !n["metadata"]["deletionTimestamp"].is_null() => Err(ApiError {
+            code: 403,
+            reason: "Forbidden",
+            message: format!("unable to create new content in namespace {ns} because it is being terminated"),
+            details: None,
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
+/// PUT: replace an object (or its status).
+pub fn update(store: &mut Store, t: &Target, body: Value, dry_run: bool) -> ApiResult<Value> {
+    let old = collection(store, t)?.objects.get(&t.object_key()).cloned().ok_or_else(|| t.not_found())?;
+    let new = t.to_storage(body);
+    let out = write_update(store, t, &old, new, dry_run)?;
+    Ok(t.to_wire(&out))
+}
+
+/// PATCH of any of the four kinds; server-side apply creates a missing object.
+pub fn patch(store: &mut Store, t: &Target, kind: PatchType, patch: &Value, dry_run: bool) -> ApiResult<(u16, Value)> {
+    let existing = collection(store, t)?.objects.get(&t.object_key()).cloned();
+    let Some(old) = existing else {
+        if kind != PatchType::Apply || t.status {
+            return Err(t.not_found());
+        }
+        let mut body = patch.clone();
+        body["metadata"]["name"] = json!(t.name);
+        return Ok((201, create(store, t, body, dry_run)?));
+    };
+    let mut doc = t.to_wire(&old);
+    patch::apply_patch(kind, &mut doc, patch)?;
+    // A patch that carries no resourceVersion applies to whatever is current.
+    if kind == PatchType::Apply || doc.pointer("/metadata/resourceVersion").is_none_or(Value::is_null) {
+        doc["metadata"]["resourceVersion"] = json!(rv_of(&old));
+    }
+    let out = write_update(store, t, &old, t.to_storage(doc), dry_run)?;
+    Ok((200, t.to_wire(&out)))
+}
+
+pub(super) fn write_update(
+    store: &mut Store,
+    t: &Target,
+    old: &Arc<Value>,
+    mut new: Value,
+    dry_run: bool,
+) -> ApiResult<Arc<Value>> {
+    let qualified = t.info.qualified();
+    let name = t.name.clone().unwrap_or_default();
+    if !new.is_object() || !new["metadata"].is_object() {
+        return Err(ApiError::bad_request("the body must be an object with metadata"));
+    }
+    let body_rv = rv_of(&new).to_string();
+    if !body_rv.is_empty() && body_rv != rv_of(old) {
+        return Err(ApiError::conflict(
+            &qualified,
+            &name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        ));
+    }
+    if new["metadata"]["name"].as_str().is_some_and(|n| n != name) {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({}) does not match the name on the URL ({name})",
+            new["metadata"]["name"]
+        )));
+    }
+    let old_uid = &old["metadata"]["uid"];
+    if new["metadata"]["uid"].as_str().is_some_and(|u| !u.is_empty()) && new["metadata"]["uid"] != *old_uid {
+        return Err(ApiError::conflict(
+            &qualified,
+            &name,
+            &format!(
+                "Precondition failed: UID in precondition: {}, UID in object meta: {}",
+                new["metadata"]["uid"], old_uid
+            ),
+        ));
+    }
+    if t.status {
+        // The status subresource changes nothing but status.
+        let status = new.get("status").cloned();
+        new = (**old).clone();
+        match status {
+            Some(s) => new["status"] = s,
+            None => {
+                if let Some(o) = new.as_object_mut() {
+                    o.remove("status");
+                }
+            }
+        }
+    } else if t.info.has_status(&t.version) {
+        match old.get("status") {
+            Some(s) => new["status"] = s.clone(),
+            None => {
+                if let Some(o) = new.as_object_mut() {
+                    o.remove("status");
+                }
+            }
+        }
+    }
+    let meta = &mut new["metadata"];
+    for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace"]
+    {
+        match old["metadata"].get(k) {
+            Some(v) => meta[k] = v.clone(),
+            None => {
+                if let Some(m) = meta.as_object_mut() {
+                    m.remove(k);
+                }
+            }
+        }
+    }
+    if let Some(m) = meta.as_object_mut() {
+        m.remove("managedFields");
+        m.remove("selfLink");
+    }
+    meta["resourceVersion"] = json!(rv_of(old));
+    admit(store, t, &mut new, Some(old))?;
+    if spec_changed(old, &new) {
+        let generation = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+        new["metadata"]["generation"] = json!(generation);
+    }
+    if new == **old {
+        return Ok(old.clone());
+    }
+    let finished = !new["metadata"]["deletionTimestamp"].is_null()
+        && new["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty);
+    if dry_run {
+        return Ok(Arc::new(new));
+    }
+    if finished {
+        let gone = store.remove(&t.key, &t.object_key()).unwrap_or_else(|| old.clone());
+        after_commit(store, t, None, Some(&gone))?;
+        return Ok(gone);
+    }
+    let stored = store.put(&t.key, new);
+    after_commit(store, t, Some(&stored), Some(old))?;
+    Ok(stored)
+}
+
+/// Whether anything but metadata and status changed (what bumps `metadata.generation`).
+pub(super) fn spec_changed(old: &Value, new: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut m = v.as_object().cloned().unwrap_or_default();
+        for k in ["metadata", "status", "apiVersion", "kind"] {
+            m.remove(k);
+        }
+        m
+    };
+    strip(old) != strip(new)
+}
+
+/// DELETE of one object: with finalizers it only gets a deletionTimestamp.
+pub fn delete(store: &mut Store, t: &Target, options: &Value, dry_run: bool) -> ApiResult<Value> {
+    let old = collection(store, t)?.objects.get(&t.object_key()).cloned().ok_or_else(|| t.not_found())?;
+    let name = t.name.clone().unwrap_or_default();
+    let pre = &options["preconditions"];
+    if let Some(uid) = pre["uid"].as_str()
+        && Some(uid) != old["metadata"]["uid"].as_str()
+    {
+        return Err(ApiError::conflict(
+            &t.info.qualified(),
+            &name,
+            &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", old["metadata"]["uid"]),
+        ));
+    }
+    if let Some(rv) = pre["resourceVersion"].as_str()
+        && rv != rv_of(&old)
+    {
+        return Err(ApiError::conflict(
+            &t.info.qualified(),
+            &name,
+            &format!(
+                "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                rv_of(&old)
+            ),
+        ));
+    }
+    if dry_run {
+        return Ok(t.to_wire(&old));
+    }
+    let has_finalizers = old["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+    if has_finalizers || t.key.1 == "namespaces" && t.key.0.is_empty() {
+        if !old["metadata"]["deletionTimestamp"].is_null() {
+            return Ok(t.to_wire(&old));
+        }
+        let mut marked = (*old).clone();
+        marked["metadata"]["deletionTimestamp"] = json!(meta::now());
+        marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        if t.key.1 == "namespaces" {
+            marked["status"]["phase"] = json!("Terminating");
+        }
+        let stored = store.put(&t.key, marked);
+        after_commit(store, t, Some(&stored), Some(&old))?;
+        return Ok(t.to_wire(store.collection(&t.key).and_then(|c| c.objects.get(&t.object_key())).unwrap_or(&stored)));
+    }
+    let gone = store.remove(&t.key, &t.object_key()).ok_or_else(|| t.not_found())?;
+    after_commit(store, t, None, Some(&gone))?;
+    Ok(t.to_wire(&gone))
+}
+
+/// DELETE of a collection (with selectors).
+pub fn delete_collection(store: &mut Store, t: &Target, q: &ListQuery, dry_run: bool) -> ApiResult<Value> {
+    let names: Vec<ObjectKey> = collection(store, t)?
+        .objects
+        .iter()
+        .filter(|(k, o)| t.namespace.as_ref().is_none_or(|n| *n == k.0) && q.matches(o))
+        .map(|(k, _)| k.clone())
+        .collect();
+    let mut items = Vec::new();
+    for (ns, name) in names {
+        let one = Target { namespace: Some(ns).filter(|n| !n.is_empty()), name: Some(name), ..t.clone() };
+        items.push(delete(store, &one, &Value::Null, dry_run)?);
+    }
+    Ok(
+        json!({"apiVersion": t.api_version(), "kind": format!("{}List", t.info.kind), "metadata": {"resourceVersion": store.rv.to_string()}, "items": items}),
+    )
+}
