@@ -11,7 +11,7 @@ use ferrolb_controller::reconcile::{self, Context, service::Handling};
 use ferrolb_process as telemetry;
 use tokio::sync::watch;
 
-/// Flags; the names DESIGN.md gives are part of the contract.
+/// Flags; the names are a stable contract (docs/CONFIGURATION.md lists them, docs/ARCHITECTURE.md the modules).
 #[derive(Parser, Debug)]
 #[command(version, about = "ferrolb controller: IP address management for LoadBalancer Services")]
 struct Args {

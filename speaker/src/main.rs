@@ -20,7 +20,7 @@ enum Forwarding {
     None,
 }
 
-/// Flags; names are part of the contract in DESIGN.md.
+/// Flags; the names are a stable contract (docs/CONFIGURATION.md lists them, docs/ARCHITECTURE.md the modules).
 #[derive(Parser, Debug)]
 #[command(version, about = "ferrolb speaker: ARP/NDP announcements and forwarding for one node")]
 struct Args {

@@ -122,3 +122,74 @@ async fn a_pool_deleted_while_the_controller_could_not_watch_hands_out_nothing()
     assert!(ips(&client, "newcomer").await.is_empty(), "{} got an address of a deleted pool", newcomer.name_any());
     assert_eq!(ips(&client, "holder").await, ["198.51.100.20"]);
 }
+
+/// The speaker's view after the same gap: a Service and a pool deleted while it could not watch
+/// leave the view (so their address is neither announced nor forwarded), exactly as if their
+/// delete events had arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_speakers_view_forgets_what_was_deleted_in_the_gap() {
+    use ferrolb_speaker::election;
+    use ferrolb_speaker::state::watch::Caches;
+    use k8s_openapi::api::core::v1::Node;
+    use std::collections::BTreeSet;
+
+    let (server, client, _kubeconfig) = ferrolb_cluster().await;
+    pool(&client, "lan", json!({"addresses": ["198.51.100.30/31"]})).await;
+    pool(&client, "lab", json!({"addresses": ["203.0.113.30/32"]})).await;
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": "node-1"},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]}}))
+    .unwrap();
+    Api::<Node>::all(client.clone()).create(&PostParams::default(), &node).await.unwrap();
+    // Services as the controller leaves them: an address in status, the pool in an annotation.
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    for (name, pool, ip) in
+        [("kept", "lan", "198.51.100.30"), ("gone", "lan", "198.51.100.31"), ("orphan", "lab", "203.0.113.30")]
+    {
+        service(&client, name).await;
+        let annotate = json!({"metadata": {"annotations": {"ferrolb.io/allocated-from": pool}}});
+        services.patch(name, &PatchParams::default(), &Patch::Merge(annotate)).await.unwrap();
+        let status = json!({"status": {"loadBalancer": {"ingress": [{"ip": ip}]}}});
+        services.patch_status(name, &PatchParams::default(), &Patch::Merge(status)).await.unwrap();
+    }
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let caches = Caches::start(&mut tasks, &client, "ferrolb-system");
+    caches.ready().await.unwrap();
+    // As the speaker's loop does: the view is rebuilt when the caches say they changed.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(caches.view()));
+    tasks.spawn({
+        let (caches, seen) = (caches.clone(), seen.clone());
+        async move {
+            loop {
+                caches.changed.notified().await;
+                *seen.lock().unwrap() = caches.view();
+            }
+        }
+    });
+    let alive = BTreeSet::from(["node-1".to_string()]);
+    let announced = |seen: &std::sync::Mutex<ferrolb_speaker::state::View>| -> BTreeSet<String> {
+        election::announcements(&seen.lock().unwrap(), &alive)
+            .into_iter()
+            .filter(|(_, a)| a.winner.is_some())
+            .map(|(ip, _)| ip.to_string())
+            .collect()
+    };
+    eventually("all three addresses in the view", WAIT, || async { (announced(&seen).len() == 3).then_some(()) }).await;
+
+    watch_gap(&server, ("", "services"), async {
+        services.delete("gone", &DeleteParams::default()).await.unwrap();
+    })
+    .await;
+    watch_gap(&server, ("ferrolb.io", "ippools"), async {
+        Api::<IPPool>::all(client.clone()).delete("lab", &DeleteParams::default()).await.unwrap();
+    })
+    .await;
+    eventually("the view to forget the deleted Service and pool", WAIT, || async {
+        let now = announced(&seen);
+        (now == BTreeSet::from(["198.51.100.30".to_string()])).then_some(())
+    })
+    .await;
+    let view = seen.lock().unwrap().clone();
+    assert!(!view.services.contains_key("default/gone"));
+    assert!(!view.pools.contains_key("lab"));
+}
