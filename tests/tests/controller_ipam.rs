@@ -559,3 +559,30 @@ async fn sigterm_hands_the_lease_over_at_once() {
     assert!(a.terminate().success(), "a clean exit on SIGTERM");
     eventually("the Lease to be handed back", Duration::from_secs(2), holder("")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_writes_are_retried_and_nothing_is_lost_or_given_twice() {
+    let (server, client, kubeconfig) = ferrolb_cluster().await;
+    pool(&client, "doc", json!({"addresses": ["198.51.100.40/30"]})).await;
+    let _c = spawn_controller(&kubeconfig, "c1", free_addr(), &[]);
+    // Each Service's first status write fails (once with 500, once with 429); the queue retries
+    // them with backoff.
+    server.shared().fail_next_writes_to("services/status", 1, 500);
+    service(&client, "default", "a", json!({})).await;
+    wait_ips(&client, "default", "a", &["198.51.100.40"]).await;
+    server.shared().fail_next_writes_to("services/status", 1, 429);
+    service(&client, "default", "b", json!({})).await;
+    wait_ips(&client, "default", "a", &["198.51.100.40"]).await;
+    wait_ips(&client, "default", "b", &["198.51.100.41"]).await;
+    let log = server.shared().requests();
+    for name in ["a", "b"] {
+        let codes: Vec<u16> = log
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.path.ends_with(&format!("/services/{name}/status")))
+            .map(|r| r.code)
+            .collect();
+        assert!(codes.first().is_some_and(|c| *c >= 429), "{name}'s first status write was to fail: {codes:?}");
+        assert_eq!(codes.last(), Some(&200), "{name}: {codes:?}");
+    }
+    assert_no_duplicates(&client).await;
+}

@@ -197,7 +197,11 @@ fn serve(
     let accept = accept(headers);
     let table = accept.contains("as=Table");
     let include_object = query.get("includeObject").is_some_and(|v| v == "Object");
-    if *method != Method::GET {
+    let aimed = || {
+        let only = shared.faults.fail_only.lock().unwrap_or_else(|e| e.into_inner());
+        only.as_deref().is_none_or(|o| o == t.key.1 || (t.status && *o == format!("{}/status", t.key.1)))
+    };
+    if *method != Method::GET && aimed() {
         let pending = shared.faults.fail_writes.load(Ordering::SeqCst);
         if pending > 0
             && shared

@@ -70,6 +70,9 @@ pub struct Faults {
     pub fail_writes: AtomicU32,
     /// The HTTP code they fail with (500 or 429).
     pub fail_code: AtomicU16,
+    /// Only writes to this resource (`services`: all of its writes) or subresource
+    /// (`services/status`) fail; all writes when None.
+    pub fail_only: Mutex<Option<String>>,
     /// Delay added to every request.
     pub latency_ms: AtomicU64,
     /// While true, watch requests wait before they are answered: with the open watches dropped,
@@ -139,6 +142,16 @@ impl Shared {
 
     /// Fails the next `count` writes with `code` (500 or 429).
     pub fn fail_next_writes(&self, count: u32, code: u16) {
+        *self.faults.fail_only.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.faults.fail_code.store(code, Ordering::SeqCst);
+        self.faults.fail_writes.store(count, Ordering::SeqCst);
+    }
+
+    /// Fails the next `count` writes to `resource` (`services`, or a subresource such as
+    /// `services/status`) with `code`: a test aims the fault at one component's writes without
+    /// failing its own set-up.
+    pub fn fail_next_writes_to(&self, resource: &str, count: u32, code: u16) {
+        *self.faults.fail_only.lock().unwrap_or_else(|e| e.into_inner()) = Some(resource.to_string());
         self.faults.fail_code.store(code, Ordering::SeqCst);
         self.faults.fail_writes.store(count, Ordering::SeqCst);
     }
