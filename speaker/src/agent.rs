@@ -127,10 +127,10 @@ pub async fn run(
         let mut ticked = false;
         tokio::select! {
             _ = tick.tick() => ticked = true,
-            _ = caches.changed.notified() => view = {
+            _ = caches.changed.notified() => {
+                view = caches.view();
                 view_changed = true;
-                caches.view()
-            },
+            }
             _ = wake.notified() => {}
             _ = &mut shutdown => break,
         }

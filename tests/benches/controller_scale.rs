@@ -24,9 +24,13 @@ use serde_json::json;
 const SERVICES: usize = 5_000;
 const CREATE_CONCURRENCY: usize = 32;
 
+/// The release controller next to the bench, or in `FERROLB_BIN_DIR` (another build, to compare).
 fn controller_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("bench path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target/release");
+    let dir = match std::env::var_os("FERROLB_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => exe.parent().and_then(|d| d.parent()).expect("target/release").to_path_buf(),
+    };
     let bin = dir.join("ferrolb-controller");
     if !bin.is_file() {
         eprintln!("{} is missing: run `cargo build --release -p ferrolb-controller` first", bin.display());

@@ -146,11 +146,16 @@ impl Lab {
     /// Starts the speaker of node `i` (0-based) inside its namespace, with `extra` flags
     /// (forwarding is the product default, nftables, unless `extra` says `--forwarding none`).
     pub fn start_speaker(&self, i: usize, extra: &[&str]) -> Result<Proc, LabError> {
+        self.start_speaker_from(&binary("ferrolb-speaker")?, i, extra)
+    }
+
+    /// [`Lab::start_speaker`] with the speaker binary `bin` (benches compare builds this way).
+    pub fn start_speaker_from(&self, bin: &std::path::Path, i: usize, extra: &[&str]) -> Result<Proc, LabError> {
         let node = &self.topology.nodes[i];
         let log = std::fs::File::create(self.dir.join(format!("speaker-{}.log", node.name)))?;
         let child = Command::new("ip")
             .args(["netns", "exec", &node.namespace])
-            .arg(binary("ferrolb-speaker")?)
+            .arg(bin)
             .args(["--kubeconfig", &self.node_kubeconfig().to_string_lossy(), "--node-name", &node.name])
             .args(["--namespace", "ferrolb-system", "--peer-port", "7946"])
             .args(["--metrics-addr", "127.0.0.1:7474", "--health-addr", "127.0.0.1:7474"])
