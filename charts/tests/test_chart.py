@@ -146,7 +146,8 @@ class EveryOption(unittest.TestCase):
         self.assertEqual(c["image"], "registry.example.com/mirror/ferrolb-controller:v9.9.9")
         s = container(self.docs, "DaemonSet")
         for arg in ("--forwarding=none", "--peer-port=17946", "--heartbeat-interval-ms=200",
-                    "--peer-timeout-ms=1000", "--startup-settle-ms=3000", "--lease-seconds=15"):
+                    "--peer-timeout-ms=1000", "--startup-settle-ms=3000", "--lease-seconds=15",
+                    "--exclude-interfaces=veth*,cni0"):
             self.assertIn(arg, s["args"])
         (deploy,) = of_kind(self.docs, "Deployment")
         self.assertEqual(deploy["spec"]["replicas"], 3)

@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use crate::announce::Announcer;
 use crate::forwarding::driver::Driver;
 use crate::l2::announcer::L2Announcer;
+use crate::l2::interfaces::Choice;
 use crate::membership::liveness::{Liveness, Timings};
 use crate::membership::{lease, udp};
 use crate::metrics::Metrics;
@@ -42,6 +43,8 @@ pub struct Config {
     pub lease_duration: Duration,
     /// Program nftables forwarding (`--forwarding nftables`).
     pub forwarding: bool,
+    /// Interfaces never announced on unless a pool names them (`--exclude-interfaces`).
+    pub exclude_interfaces: Vec<String>,
 }
 
 /// How long a leaving speaker waits for others to take its addresses over.
@@ -112,8 +115,12 @@ pub async fn run(
     ));
     let mut heartbeats = udp::Sender::new(&cfg.node, cfg.secret.clone());
 
-    let mut announcers: Vec<Box<dyn Announcer>> =
-        vec![Box::new(L2Announcer::new(&cfg.node, metrics.clone(), wake.clone()))];
+    let mut announcers: Vec<Box<dyn Announcer>> = vec![Box::new(L2Announcer::new(
+        &cfg.node,
+        Choice::new(cfg.exclude_interfaces.clone()),
+        metrics.clone(),
+        wake.clone(),
+    ))];
     let mut reporter = Reporter::new(client.clone(), &cfg.node, caches.services.clone());
     let driver = cfg.forwarding.then(|| Driver::start(client.clone(), &cfg.node, metrics.clone()));
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use ferrolb_process as telemetry;
 use ferrolb_speaker::agent;
+use ferrolb_speaker::l2::interfaces::DEFAULT_EXCLUDED;
 use ferrolb_speaker::membership::liveness::Timings;
 
 /// How VIP traffic reaches the Service's endpoints.
@@ -48,6 +49,11 @@ struct Args {
     /// Where /healthz and /readyz are served.
     #[arg(long, default_value = "0.0.0.0:7475")]
     health_addr: SocketAddr,
+    /// Interfaces never announced on unless a pool's l2.interfaces names them: names or globs,
+    /// comma-separated (empty: none). The default lists the virtual interfaces of CNIs, container
+    /// engines and kube-proxy.
+    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_EXCLUDED.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
+    exclude_interfaces: Vec<String>,
     /// How often heartbeats are sent (milliseconds).
     #[arg(long, default_value_t = 100)]
     heartbeat_interval_ms: u64,
@@ -121,6 +127,12 @@ async fn run(args: Args) -> Result<(), telemetry::Error> {
         },
         lease_duration: Duration::from_secs(args.lease_seconds.max(3)),
         forwarding: args.forwarding == Forwarding::Nftables,
+        exclude_interfaces: args
+            .exclude_interfaces
+            .into_iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
     };
     agent::run(client, cfg, metrics, telemetry::shutdown_signal()).await?;
     Ok(())

@@ -12,7 +12,7 @@ use tokio::sync::{Notify, mpsc};
 
 use super::conflict::{Conflicts, Verdict};
 use super::gratuitous::Repeats;
-use super::interfaces::{self, Interface};
+use super::interfaces::{self, Choice, Interface};
 use super::responder::{Responder, Seen};
 use crate::announce::{Announcer, Notice};
 use crate::election;
@@ -31,6 +31,7 @@ pub struct L2Announcer {
     seen_rx: mpsc::UnboundedReceiver<Seen>,
     responders: BTreeMap<String, Responder>,
     interfaces: Vec<Interface>,
+    choice: Choice,
     scanned: Option<Instant>,
     /// The addresses this node announces, with the interface patterns of their pools.
     mine: BTreeMap<IpAddr, Vec<String>>,
@@ -46,8 +47,9 @@ pub struct L2Announcer {
 }
 
 impl L2Announcer {
-    /// An announcer for `node`; `wake` is notified when the wire has news (a claim seen).
-    pub fn new(node: &str, metrics: Metrics, wake: Arc<Notify>) -> Self {
+    /// An announcer for `node` on the interfaces `choice` allows; `wake` is notified when the
+    /// wire has news (a claim seen).
+    pub fn new(node: &str, choice: Choice, metrics: Metrics, wake: Arc<Notify>) -> Self {
         let (seen_tx, seen_rx) = mpsc::unbounded_channel();
         Self {
             node: node.to_string(),
@@ -57,6 +59,7 @@ impl L2Announcer {
             seen_rx,
             responders: BTreeMap::new(),
             interfaces: Vec::new(),
+            choice,
             scanned: None,
             mine: BTreeMap::new(),
             owned_since: BTreeMap::new(),
@@ -108,9 +111,7 @@ impl L2Announcer {
             let owned: BTreeSet<IpAddr> = self
                 .mine
                 .iter()
-                .filter(|(_, patterns)| {
-                    patterns.is_empty() || patterns.iter().any(|p| interfaces::matches(p, &iface.name))
-                })
+                .filter(|(_, patterns)| self.choice.answers_on(patterns, &iface.name))
                 .map(|(ip, _)| *ip)
                 .collect();
             if !self.responders.contains_key(&iface.name) {

@@ -140,15 +140,15 @@ fn build_inner(prefix: &str, count: usize, made: &mut Vec<String>) -> Result<Top
         // The pod behind the node: 203.0.113.(64(i-1))/26 and 2001:db8:1:i::/64.
         let pod_ns = format!("{ns}-pod");
         add(&pod_ns, made)?;
-        netns::veth(&ns, "pod0", &pod_ns, "eth0")?;
+        netns::veth(&ns, "vethpod0", &pod_ns, "eth0")?;
         let base = 64 * (i as u8 - 1);
         let (gw4, pod4) = (Ipv4Addr::new(203, 0, 113, base + 1), Ipv4Addr::new(203, 0, 113, base + 2));
         let (gw6, pod6): (Ipv6Addr, Ipv6Addr) = (
             format!("2001:db8:1:{i}::1").parse().expect("static"),
             format!("2001:db8:1:{i}::2").parse().expect("static"),
         );
-        netns::ip_in(&ns, &["addr", "add", &format!("{gw4}/26"), "dev", "pod0"])?;
-        netns::ip_in(&ns, &["addr", "add", &format!("{gw6}/64"), "dev", "pod0", "nodad"])?;
+        netns::ip_in(&ns, &["addr", "add", &format!("{gw4}/26"), "dev", "vethpod0"])?;
+        netns::ip_in(&ns, &["addr", "add", &format!("{gw6}/64"), "dev", "vethpod0", "nodad"])?;
         netns::ip_in(&pod_ns, &["addr", "add", &format!("{pod4}/26"), "dev", "eth0"])?;
         netns::ip_in(&pod_ns, &["addr", "add", &format!("{pod6}/64"), "dev", "eth0", "nodad"])?;
         netns::ip_in(&pod_ns, &["route", "add", "default", "via", &gw4.to_string()])?;
