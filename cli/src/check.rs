@@ -44,7 +44,7 @@ pub fn check(docs: &[Value]) -> (Vec<PoolReport>, Vec<String>) {
             Ok(pool) => {
                 let known = serde_json::to_value(&pool.spec).unwrap_or(Value::Null);
                 unknown_fields("spec", &doc["spec"], &known, &mut problems);
-                if pool.spec.priority < 0 {
+                if pool.spec.priority.is_some_and(|p| p < 0) {
                     problems.push("spec.priority must not be negative".into());
                 }
                 pools.push((name.clone(), pool, problems.len()));

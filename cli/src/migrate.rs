@@ -90,11 +90,18 @@ pub fn migrate(docs: &[Value]) -> Migration {
             "autoAssign": spec["autoAssign"].as_bool().unwrap_or(true),
             "avoidBuggyIPs": spec["avoidBuggyIPs"].as_bool().unwrap_or(false),
         });
-        // MetalLB: a lower priority number is tried first, as in ferrolb.
-        if let Some(p) = sa["priority"].as_i64() {
-            out["priority"] = json!(p.max(0));
+        // MetalLB: a lower priority number is tried first, as in ferrolb; 0 is MetalLB's "unset"
+        // (an omitted Go int), which ferrolb writes by leaving the field out.
+        match sa["priority"].as_i64() {
+            Some(p) if p > 0 => out["priority"] = json!(p),
+            Some(p) if p < 0 => notes.push(format!(
+                "IPAddressPool {name}: serviceAllocation.priority {p} is negative; left unset (tried after every pool with a priority)"
+            )),
+            _ => {}
         }
-        if !allocation.is_empty() {
+        // A MetalLB pool with a serviceAllocation — even one with only a priority — is tried
+        // before pools without one for the Services it admits; so is an IPPool with one.
+        if sa.is_object() {
             out["serviceAllocation"] = Value::Object(allocation);
         }
         // Which L2Advertisements announce this pool: by name, by the pool's labels, or all pools

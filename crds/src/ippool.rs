@@ -49,16 +49,19 @@ pub struct IPPoolSpec {
     #[serde(default, rename = "avoidBuggyIPs")]
     pub avoid_buggy_ips: bool,
 
-    /// Pools are tried in ascending priority, then by name.
-    #[serde(default)]
+    /// Order among pools (MetalLB's rule): pools whose serviceAllocation selects the Service
+    /// first, then within each group ascending priority, pools without one after those with one,
+    /// then by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
-    pub priority: i32,
+    pub priority: Option<i32>,
 
     /// Keep existing allocations but make no new ones (to drain a pool).
     #[serde(default)]
     pub disabled: bool,
 
-    /// Which Services may use this pool; every condition given must hold.
+    /// Which Services may use this pool; a pool that has one is tried first for the Services it
+    /// selects, and never used for the others.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_allocation: Option<ServiceAllocation>,
 
@@ -71,14 +74,16 @@ fn default_true() -> bool {
     true
 }
 
-/// Which Services may take addresses from a pool (all given conditions are ANDed).
+/// Which Services may take addresses from a pool, as MetalLB reads it: the Service's namespace
+/// must be listed in `namespaces` OR selected by `namespaceSelector` (either, when both are
+/// given), AND the Service must match `serviceSelector` when one is given.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceAllocation {
-    /// Namespaces whose Services may use the pool.
+    /// Namespaces whose Services may use the pool (joined with `namespaceSelector`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,
-    /// Labels the Service's namespace must carry.
+    /// Labels of namespaces whose Services may use the pool (joined with `namespaces`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
     /// Labels the Service must carry.
@@ -193,7 +198,7 @@ mod tests {
         .unwrap();
         assert!(spec.auto_assign);
         assert!(!spec.avoid_buggy_ips && !spec.disabled);
-        assert_eq!(spec.priority, 0);
+        assert_eq!(spec.priority, None, "unset: after every pool that sets one");
         let l2: L2Settings = serde_json::from_value(serde_json::json!({})).unwrap();
         assert!(l2.enabled);
     }

@@ -163,13 +163,14 @@ async fn selection_by_priority_name_auto_assign_and_service_allocation() {
     namespace(&client, "home", json!({"lb": "home"})).await;
     let _c = spawn_controller(&kubeconfig, "c1", free_addr(), &[]);
 
+    // Pools with a priority before pools without one; then by name.
     for (name, want) in
-        [("s1", "198.51.100.10"), ("s2", "198.51.100.11"), ("s3", "198.51.100.20"), ("s4", "203.0.113.10")]
+        [("s1", "203.0.113.10"), ("s2", "198.51.100.10"), ("s3", "198.51.100.11"), ("s4", "198.51.100.20")]
     {
         service(&client, "default", name, json!({})).await;
         wait_ips(&client, "default", name, &[want]).await;
     }
-    wait_event(&client, "default", "s1", "IPAllocated", "Assigned 198.51.100.10 from IPPool b").await;
+    wait_event(&client, "default", "s2", "IPAllocated", "Assigned 198.51.100.10 from IPPool b").await;
     service(&client, "default", "s5", json!({})).await;
     wait_event(&client, "default", "s5", "AllocationFailed", "no free IPv4 address").await;
     assert!(ips(&client, "default", "s5").await.is_empty(), "autoAssign: false pools are not used unasked");
@@ -181,7 +182,7 @@ async fn selection_by_priority_name_auto_assign_and_service_allocation() {
     wait_ips(&client, "home", "h1", &["192.0.2.70"]).await;
     service(&client, "default", "lan", json!({"metadata": {"labels": {"expose": "lan"}}})).await;
     wait_ips(&client, "default", "lan", &["192.0.2.80"]).await;
-    let svc = Api::<Service>::namespaced(client.clone(), "default").get("s1").await.unwrap();
+    let svc = Api::<Service>::namespaced(client.clone(), "default").get("s2").await.unwrap();
     assert_eq!(svc.annotations()["ferrolb.io/allocated-from"], "b");
     wait_counts(&client, "b", false, (2, 2, 0)).await;
     assert!(ingress(&svc).len() == 1);
@@ -337,7 +338,7 @@ async fn delete_type_change_and_class_change_release_to_a_waiting_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_shrunk_deleted_disabled_overlapping_and_invalid() {
     let (_server, client, kubeconfig) = ferrolb_cluster().await;
-    pool(&client, "p1", json!({"addresses": ["198.51.100.0/30"]})).await;
+    pool(&client, "p1", json!({"addresses": ["198.51.100.0/30"], "priority": 1})).await;
     pool(&client, "p2", json!({"addresses": ["203.0.113.0/30"], "priority": 5})).await;
     let _c = spawn_controller(&kubeconfig, "c1", free_addr(), &[]);
     for (n, ip) in [("a", "198.51.100.0"), ("b", "198.51.100.1"), ("c", "198.51.100.2")] {
@@ -346,13 +347,13 @@ async fn pool_shrunk_deleted_disabled_overlapping_and_invalid() {
     }
     wait_condition(&client, "p1", "Ready", "True", "").await;
     // Shrunk: c's address is gone from p1, so c moves to p2; a and b stay.
-    pool(&client, "p1", json!({"addresses": ["198.51.100.0/31"]})).await;
+    pool(&client, "p1", json!({"addresses": ["198.51.100.0/31"], "priority": 1})).await;
     wait_ips(&client, "default", "c", &["203.0.113.0"]).await;
     wait_event(&client, "default", "c", "IPAllocated", "from IPPool p2").await;
     wait_ips(&client, "default", "a", &["198.51.100.0"]).await;
     wait_ips(&client, "default", "b", &["198.51.100.1"]).await;
     // Disabled: existing allocations stay, new Services go elsewhere.
-    pool(&client, "p1", json!({"addresses": ["198.51.100.0/30"], "disabled": true})).await;
+    pool(&client, "p1", json!({"addresses": ["198.51.100.0/30"], "priority": 1, "disabled": true})).await;
     wait_condition(&client, "p1", "Ready", "False", "disabled").await;
     service(&client, "default", "d", json!({})).await;
     wait_ips(&client, "default", "d", &["203.0.113.1"]).await;

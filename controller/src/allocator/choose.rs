@@ -11,13 +11,23 @@ fn family_list(fs: &[Family]) -> String {
     fs.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(", ")
 }
 
+/// The order pools are tried in (MetalLB's rule, so that a migrated cluster hands out the same
+/// addresses): pools whose serviceAllocation selects the Service before pools without one; within
+/// each group ascending priority, pools without a priority after those with one; then by name.
+/// Only pools that may serve the Service are ordered, so a serviceAllocation here selects it.
+pub(super) fn precedence(name: &str, config: &super::PoolConfig) -> (bool, bool, i32, String) {
+    (config.selection.is_none(), config.priority.is_none(), config.priority.unwrap_or(0), name.to_string())
+}
+
 impl Allocator {
     /// Whether `pool` may serve `req` at all (selection and name), ignoring disabled/autoAssign.
     pub(super) fn selection_allows(&self, name: &str, pool: &Pool, req: &Request) -> Result<(), String> {
-        let sel = &pool.config.selection;
-        if !sel.namespaces.is_empty() && !sel.namespaces.contains(&req.namespace) {
-            return Err(format!("namespace {:?} is not in its serviceAllocation.namespaces", req.namespace));
+        if let Some(named) = &req.pool
+            && named != name
+        {
+            return Err(format!("the Service asks for IPPool {named:?}"));
         }
+        let Some(sel) = &pool.config.selection else { return Ok(()) };
         let check = |s: &Option<_>, labels, what: &str| match s {
             Some(s) => match selector::matches(s, labels) {
                 Ok(true) => Ok(()),
@@ -26,14 +36,21 @@ impl Allocator {
             },
             None => Ok(()),
         };
-        check(&sel.namespace_selector, &req.namespace_labels, "namespace")?;
-        check(&sel.service_selector, &req.labels, "service")?;
-        if let Some(named) = &req.pool
-            && named != name
-        {
-            return Err(format!("the Service asks for IPPool {named:?}"));
+        // The namespace set is the union of the list and the selector (MetalLB's reading).
+        let listed = sel.namespaces.contains(&req.namespace);
+        match (sel.namespaces.is_empty(), &sel.namespace_selector) {
+            (true, _) => check(&sel.namespace_selector, &req.namespace_labels, "namespace")?,
+            (false, None) if !listed => {
+                return Err(format!("namespace {:?} is not in its serviceAllocation.namespaces", req.namespace));
+            }
+            (false, Some(_)) if !listed => {
+                check(&sel.namespace_selector, &req.namespace_labels, "namespace").map_err(|why| {
+                    format!("namespace {:?} is not in its serviceAllocation.namespaces and {why}", req.namespace)
+                })?
+            }
+            _ => {}
         }
-        Ok(())
+        check(&sel.service_selector, &req.labels, "service")
     }
 
     /// Why `req` may not share `ip` (held by others), or None when it may.
@@ -83,7 +100,7 @@ impl Allocator {
             .iter()
             .filter(|(n, p)| p.config.auto_assign && !p.config.disabled && self.selection_allows(n, p, req).is_ok())
             .collect();
-        ordered.sort_by_key(|(n, p)| (p.config.priority, (*n).clone()));
+        ordered.sort_by_key(|(n, p)| precedence(n, &p.config));
         if ordered.is_empty() {
             let why = if self.pools.is_empty() {
                 "there are no IPPools".to_string()

@@ -2,7 +2,9 @@
 //! keep, move or take back addresses. No I/O; the reconciler feeds it and carries out its results.
 //!
 //! Rules (docs/ALLOCATION.md has them in prose):
-//! - A Service's addresses come from one pool; pools are tried by ascending priority, then name.
+//! - A Service's addresses come from one pool; pools that select the Service by their
+//!   serviceAllocation are tried first, then the others; within each, ascending priority (unset
+//!   last), then name.
 //! - An address is held by one Service, or shared by Services with the same non-empty sharing key,
 //!   disjoint (protocol, port) pairs and compatible traffic policies.
 //! - What a Service holds is kept while it is still valid; a failed change never costs a Service
@@ -257,7 +259,7 @@ impl Allocator {
             .filter(|(n, p)| current.iter().all(|ip| p.contains(ip)) && self.selection_allows(n, p, &unnamed).is_ok())
             .collect();
         names.sort_by_key(|(n, p)| {
-            (from != Some(n.as_str()), req.pool.as_ref() != Some(*n), p.config.priority, (*n).clone())
+            (from != Some(n.as_str()), req.pool.as_ref() != Some(*n), choose::precedence(n, &p.config))
         });
         let (name, _) = names.first()?;
         let a = Assignment { pool: (*name).clone(), ips: current.to_vec() };

@@ -11,9 +11,9 @@ use super::intervals::IntervalSet;
 /// Which Services may use a pool (every given condition must hold).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Selection {
-    /// Allowed namespaces; empty = any.
+    /// Namespaces listed; with `namespace_selector`, the namespace set is their union.
     pub namespaces: Vec<String>,
-    /// Labels the namespace must carry.
+    /// Namespaces selected by label.
     pub namespace_selector: Option<LabelSelector>,
     /// Labels the Service must carry.
     pub service_selector: Option<LabelSelector>,
@@ -28,12 +28,13 @@ pub struct PoolConfig {
     pub auto_assign: bool,
     /// Skip x.y.z.0 and x.y.z.255.
     pub avoid_buggy_ips: bool,
-    /// Lower is tried first.
-    pub priority: i32,
+    /// Lower is tried first; unset after every set one.
+    pub priority: Option<i32>,
     /// No new allocations.
     pub disabled: bool,
-    /// Which Services may use it.
-    pub selection: Selection,
+    /// Which Services may use it (`serviceAllocation`); a pool that has one is tried first for
+    /// the Services it admits, even when it lists no condition.
+    pub selection: Option<Selection>,
 }
 
 impl Default for PoolConfig {
@@ -42,9 +43,9 @@ impl Default for PoolConfig {
             ranges: Vec::new(),
             auto_assign: true,
             avoid_buggy_ips: false,
-            priority: 0,
+            priority: None,
             disabled: false,
-            selection: Selection::default(),
+            selection: None,
         }
     }
 }

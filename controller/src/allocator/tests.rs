@@ -38,15 +38,19 @@ fn ips_of(o: &Outcome) -> Vec<IpAddr> {
 #[test]
 fn lowest_free_address_of_the_best_pool() {
     let mut a = Allocator::new();
-    a.set_pool("b", config(&["198.51.100.10-198.51.100.12"]));
-    a.set_pool("a", PoolConfig { priority: 1, ..config(&["203.0.113.0/30"]) });
-    a.set_pool("c", config(&["198.51.100.20/32"]));
-    // Priority 0 before 1; among equals, by name: b before c.
+    a.set_pool("b", PoolConfig { priority: Some(0), ..config(&["198.51.100.10-198.51.100.12"]) });
+    a.set_pool("a", PoolConfig { priority: Some(1), ..config(&["203.0.113.0/31"]) });
+    a.set_pool("c", PoolConfig { priority: Some(0), ..config(&["198.51.100.20/32"]) });
+    a.set_pool("0-unset", config(&["192.0.2.1/32"]));
+    // Priority 0 before 1; among equals, by name: b before c; a pool without a priority last,
+    // whatever its name.
     assert_eq!(ips_of(&a.assign(&req("n/1"), &[], None)), [ip("198.51.100.10")]);
     assert_eq!(ips_of(&a.assign(&req("n/2"), &[], None)), [ip("198.51.100.11")]);
     assert_eq!(ips_of(&a.assign(&req("n/3"), &[], None)), [ip("198.51.100.12")]);
     assert_eq!(ips_of(&a.assign(&req("n/4"), &[], None)), [ip("198.51.100.20")]);
     assert_eq!(ips_of(&a.assign(&req("n/5"), &[], None)), [ip("203.0.113.0")]);
+    assert_eq!(ips_of(&a.assign(&req("n/7"), &[], None)), [ip("203.0.113.1")]);
+    assert_eq!(ips_of(&a.assign(&req("n/8"), &[], None)), [ip("192.0.2.1")]);
     // Idempotent.
     assert_eq!(ips_of(&a.assign(&req("n/1"), &[], None)), [ip("198.51.100.10")]);
     // Release makes the lowest free again.
@@ -60,7 +64,7 @@ fn auto_assign_disabled_and_selection() {
     a.set_pool("manual", PoolConfig { auto_assign: false, ..config(&["198.51.100.1/32"]) });
     a.set_pool("off", PoolConfig { disabled: true, ..config(&["198.51.100.2/32"]) });
     let media = Selection { namespaces: vec!["media".into()], ..Selection::default() };
-    a.set_pool("media", PoolConfig { selection: media, ..config(&["198.51.100.3/32"]) });
+    a.set_pool("media", PoolConfig { selection: Some(media), ..config(&["198.51.100.3/32"]) });
     let o = a.assign(&req("other/x"), &[], None);
     assert!(matches!(o.error, Some(AllocError::NoCompatiblePool(_))), "{o:?}");
     assert_eq!(ips_of(&a.assign(&req("media/x"), &[], None)), [ip("198.51.100.3")]);
@@ -76,6 +80,72 @@ fn auto_assign_disabled_and_selection() {
 }
 
 #[test]
+fn selecting_pools_first_then_priority_with_unset_last_then_name() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    let web = LabelSelector {
+        match_labels: Some(BTreeMap::from([("expose".to_string(), "web".to_string())])),
+        match_expressions: None,
+    };
+    let mut a = Allocator::new();
+    a.set_pool("a-plain", config(&["198.51.100.1/32"]));
+    a.set_pool("b-plain-prio", PoolConfig { priority: Some(7), ..config(&["198.51.100.2/32"]) });
+    let web_only = Selection { service_selector: Some(web), ..Selection::default() };
+    a.set_pool("y-web", PoolConfig { selection: Some(web_only.clone()), ..config(&["203.0.113.1/32"]) });
+    a.set_pool(
+        "z-web-prio",
+        PoolConfig { priority: Some(50), selection: Some(web_only), ..config(&["203.0.113.2/32"]) },
+    );
+    let web_req = |k: &str| Request { labels: BTreeMap::from([("expose".to_string(), "web".to_string())]), ..req(k) };
+    // Selecting pools before plain ones whatever their priorities; with a priority before
+    // without; then plain pools in the same order.
+    assert_eq!(ips_of(&a.assign(&web_req("d/w1"), &[], None)), [ip("203.0.113.2")]);
+    assert_eq!(ips_of(&a.assign(&web_req("d/w2"), &[], None)), [ip("203.0.113.1")]);
+    assert_eq!(ips_of(&a.assign(&web_req("d/w3"), &[], None)), [ip("198.51.100.2")]);
+    assert_eq!(ips_of(&a.assign(&web_req("d/w4"), &[], None)), [ip("198.51.100.1")]);
+    // A pool whose serviceAllocation does not select a Service is never used for it.
+    let mut b = Allocator::new();
+    b.set_pool(
+        "web",
+        PoolConfig {
+            selection: Some(Selection {
+                service_selector: Some(LabelSelector::default()),
+                namespaces: vec!["x".into()],
+                ..Selection::default()
+            }),
+            ..config(&["203.0.113.9/32"])
+        },
+    );
+    assert!(b.assign(&req("d/plain"), &[], None).error.is_some());
+    let asked = Request { pool: Some("web".into()), ..req("d/asked") };
+    assert!(b.assign(&asked, &[], None).error.is_some(), "not even on request");
+    // A serviceAllocation without conditions selects every Service: such a pool goes first.
+    let mut c = Allocator::new();
+    c.set_pool("a-plain", PoolConfig { priority: Some(1), ..config(&["198.51.100.1/32"]) });
+    c.set_pool("z-all", PoolConfig { selection: Some(Selection::default()), ..config(&["198.51.100.9/32"]) });
+    assert_eq!(ips_of(&c.assign(&req("d/x"), &[], None)), [ip("198.51.100.9")]);
+}
+
+#[test]
+fn the_namespace_set_is_the_union_of_list_and_selector() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    let team = LabelSelector {
+        match_labels: Some(BTreeMap::from([("team".to_string(), "media".to_string())])),
+        match_expressions: None,
+    };
+    let mut a = Allocator::new();
+    let sel = Selection { namespaces: vec!["media".into()], namespace_selector: Some(team), ..Selection::default() };
+    a.set_pool("media", PoolConfig { selection: Some(sel), ..config(&["198.51.100.0/29"]) });
+    let in_ns = |k: &str, labels: &[(&str, &str)]| Request {
+        namespace_labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..req(k)
+    };
+    assert!(a.assign(&in_ns("media/listed", &[]), &[], None).error.is_none(), "listed, not labelled");
+    assert!(a.assign(&in_ns("tv/labelled", &[("team", "media")]), &[], None).error.is_none(), "labelled, not listed");
+    let o = a.assign(&in_ns("other/neither", &[("team", "ops")]), &[], None);
+    assert!(o.error.is_some(), "{o:?}");
+}
+
+#[test]
 fn label_selection() {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
     let sel = |k: &str, v: &str| LabelSelector {
@@ -86,14 +156,14 @@ fn label_selection() {
     a.set_pool(
         "ns",
         PoolConfig {
-            selection: Selection { namespace_selector: Some(sel("lb", "home")), ..Default::default() },
+            selection: Some(Selection { namespace_selector: Some(sel("lb", "home")), ..Default::default() }),
             ..config(&["198.51.100.1/32"])
         },
     );
     a.set_pool(
         "svc",
         PoolConfig {
-            selection: Selection { service_selector: Some(sel("expose", "lan")), ..Default::default() },
+            selection: Some(Selection { service_selector: Some(sel("expose", "lan")), ..Default::default() }),
             ..config(&["198.51.100.2/32"])
         },
     );
@@ -153,7 +223,7 @@ fn sharing_needs_the_key_free_ports_and_the_same_policy() {
 #[test]
 fn dual_stack_policies_and_the_missing_family_added_later() {
     let mut a = Allocator::new();
-    a.set_pool("v4", config(&["198.51.100.1/32"]));
+    a.set_pool("v4", PoolConfig { priority: Some(0), ..config(&["198.51.100.1/32"]) });
     let dual = |k: &str, d: DualStack| Request { families: vec![Family::V4, Family::V6], dual: d, ..req(k) };
     // Prefer: only IPv4 exists, so it gets that.
     assert_eq!(ips_of(&a.assign(&dual("n/p", DualStack::Prefer), &[], None)), [ip("198.51.100.1")]);
@@ -161,9 +231,9 @@ fn dual_stack_policies_and_the_missing_family_added_later() {
     let o = a.assign(&dual("n/r", DualStack::Require), &[], None);
     assert!(matches!(o.error, Some(AllocError::DualStackUnavailable(_))) && o.assignment.is_none());
     // The pool gains IPv6: Prefer gets the missing family from the same pool on the next pass.
-    a.set_pool("v4", config(&["198.51.100.1/32", "2001:db8::/126"]));
+    a.set_pool("v4", PoolConfig { priority: Some(0), ..config(&["198.51.100.1/32", "2001:db8::/126"]) });
     assert_eq!(ips_of(&a.assign(&dual("n/p", DualStack::Prefer), &[], None)), [ip("198.51.100.1"), ip("2001:db8::")]);
-    a.set_pool("both", PoolConfig { priority: 1, ..config(&["203.0.113.0/30", "2001:db8:1::/126"]) });
+    a.set_pool("both", PoolConfig { priority: Some(1), ..config(&["203.0.113.0/30", "2001:db8:1::/126"]) });
     assert_eq!(ips_of(&a.assign(&dual("n/r", DualStack::Require), &[], None)), [ip("203.0.113.0"), ip("2001:db8:1::")]);
     // Single stack of the secondary family follows ipFamilies' order.
     let v6only = Request { families: vec![Family::V6], ..req("n/s") };
@@ -176,13 +246,13 @@ fn dual_stack_policies_and_the_missing_family_added_later() {
 #[test]
 fn pool_changes_move_or_clear_holders_and_failed_changes_keep_valid_addresses() {
     let mut a = Allocator::new();
-    a.set_pool("a", config(&["198.51.100.1-198.51.100.3"]));
-    a.set_pool("b", PoolConfig { priority: 5, ..config(&["203.0.113.1/32"]) });
+    a.set_pool("a", PoolConfig { priority: Some(0), ..config(&["198.51.100.1-198.51.100.3"]) });
+    a.set_pool("b", PoolConfig { priority: Some(5), ..config(&["203.0.113.1/32"]) });
     for k in ["n/1", "n/2", "n/3"] {
         a.assign(&req(k), &[], None);
     }
     // Shrink: n/3 (198.51.100.3) is outside now and moves to b; the others stay.
-    let affected = a.set_pool("a", config(&["198.51.100.1-198.51.100.2"]));
+    let affected = a.set_pool("a", PoolConfig { priority: Some(0), ..config(&["198.51.100.1-198.51.100.2"]) });
     assert_eq!(affected, ["n/1", "n/2", "n/3"]);
     assert_eq!(ips_of(&a.assign(&req("n/1"), &[], None)), [ip("198.51.100.1")]);
     let o = a.assign(&req("n/3"), &[], None);
@@ -207,7 +277,7 @@ fn pool_changes_move_or_clear_holders_and_failed_changes_keep_valid_addresses() 
 fn overlapping_pools_are_reported_and_never_hand_out_an_address_twice() {
     let mut a = Allocator::new();
     a.set_pool("x", config(&["198.51.100.0/30"]));
-    a.set_pool("y", PoolConfig { priority: 1, ..config(&["198.51.100.2-198.51.100.5"]) });
+    a.set_pool("y", PoolConfig { priority: Some(1), ..config(&["198.51.100.2-198.51.100.5"]) });
     a.set_pool("z", config(&["203.0.113.0/30"]));
     let o = a.overlaps();
     assert_eq!(o["x"], ["y"]);

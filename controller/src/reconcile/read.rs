@@ -147,8 +147,10 @@ pub fn pool_config(pool: &IPPool) -> (PoolConfig, Vec<String>) {
         .iter()
         .filter_map(|e| parse_entry(e).map_err(|err| errors.push(err.to_string())).ok())
         .collect::<Vec<_>>();
-    let sa = spec.service_allocation.clone().unwrap_or_default();
-    for (what, sel) in [("namespaceSelector", &sa.namespace_selector), ("serviceSelector", &sa.service_selector)] {
+    let sa = spec.service_allocation.clone();
+    let given = sa.clone().unwrap_or_default();
+    for (what, sel) in [("namespaceSelector", &given.namespace_selector), ("serviceSelector", &given.service_selector)]
+    {
         if let Some(sel) = sel
             && let Err(e) = selector::matches(sel, &BTreeMap::new())
         {
@@ -164,11 +166,11 @@ pub fn pool_config(pool: &IPPool) -> (PoolConfig, Vec<String>) {
         avoid_buggy_ips: spec.avoid_buggy_ips,
         priority: spec.priority,
         disabled: spec.disabled,
-        selection: Selection {
+        selection: sa.map(|sa| Selection {
             namespaces: sa.namespaces,
             namespace_selector: sa.namespace_selector,
             service_selector: sa.service_selector,
-        },
+        }),
     };
     (config, errors)
 }
