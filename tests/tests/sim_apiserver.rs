@@ -624,3 +624,62 @@ async fn generate_name_and_bad_names() {
     let (code, _, _) = api_error(svcs.create(&PostParams::default(), &lb_service("1web")).await.unwrap_err());
     assert_eq!(code, 422, "Service names are DNS-1035 labels");
 }
+
+#[tokio::test]
+async fn a_fresh_cluster_and_a_fresh_service_look_as_kube_apiserver_makes_them() {
+    let (server, client) = start().await;
+    let api: Api<Service> = Api::namespaced(client.clone(), "default");
+    // The API server's own Service, on the first address of the range.
+    let k = api.get("kubernetes").await.unwrap();
+    let spec = k.spec.unwrap();
+    assert_eq!((spec.type_.as_deref(), spec.cluster_ip.as_deref()), (Some("ClusterIP"), Some("10.96.0.1")));
+    assert_eq!(spec.ports.unwrap()[0].port, 443);
+    // A new Service's status is `{loadBalancer: {}}`, whatever the request carried.
+    let body = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "fresh"},
+        "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}]}}});
+    let (code, text) =
+        common::raw_request(server.addr(), "POST", "/api/v1/namespaces/default/services", &body.to_string()).await;
+    assert_eq!(code, 201, "{text}");
+    let created: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(created["status"], json!({"loadBalancer": {}}));
+}
+
+#[tokio::test]
+async fn cluster_ips_and_node_ports_are_allocated_at_random_not_in_order() {
+    let (_server, client) = start().await;
+    let api: Api<Service> = Api::namespaced(client.clone(), "default");
+    let mut ips = Vec::new();
+    let mut ports = Vec::new();
+    for i in 0..12 {
+        let s = api.create(&PostParams::default(), &lb_service(&format!("r{i}"))).await.unwrap().spec.unwrap();
+        ips.push(s.cluster_ip.unwrap().parse::<std::net::Ipv4Addr>().unwrap());
+        ports.push(s.ports.unwrap()[0].node_port.unwrap());
+    }
+    let (mut sorted_ips, mut sorted_ports) = (ips.clone(), ports.clone());
+    sorted_ips.sort();
+    sorted_ports.sort();
+    // In order, 12 allocations from a /16 and from 2,768 ports would be a 1 in 12! chance each.
+    assert_ne!(ips, sorted_ips, "cluster IPs handed out in order: {ips:?}");
+    assert_ne!(ports, sorted_ports, "node ports handed out in order: {ports:?}");
+    assert!(ips.iter().all(|ip| ip.octets()[..2] == [10, 96]));
+    sorted_ips.dedup();
+    sorted_ports.dedup();
+    assert_eq!((sorted_ips.len(), sorted_ports.len()), (12, 12), "never one twice");
+}
+
+#[tokio::test]
+async fn bodies_are_read_by_their_media_type() {
+    let (server, _client) = start().await;
+    let path = "/api/v1/namespaces/default/configmaps";
+    let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  a: b\n";
+    let (code, text) = common::raw_request_as(server.addr(), "POST", path, "application/yaml", yaml).await;
+    assert_eq!(code, 201, "YAML is read: {text}");
+    // Protobuf (what kubectl sends for built-in kinds) and unknown types: 415, as kube-apiserver
+    // answers a type it cannot read — not a 400 that blames the JSON.
+    for ct in ["application/vnd.kubernetes.protobuf", "text/plain"] {
+        let (code, text) = common::raw_request_as(server.addr(), "POST", path, ct, "\u{1}k8s").await;
+        assert_eq!(code, 415, "{ct}: {text}");
+        assert!(text.contains("UnsupportedMediaType") && text.contains("application/json"), "{text}");
+    }
+}

@@ -91,7 +91,7 @@ impl ApiError {
         Self::new(410, "Expired", message)
     }
 
-    /// 415 for a patch type we do not speak.
+    /// 415 for a body or patch type we do not read.
     pub fn unsupported_media_type(message: impl Into<String>) -> Self {
         Self::new(415, "UnsupportedMediaType", message)
     }

@@ -197,6 +197,21 @@ impl SimApiServer {
             ops::create(&mut store, &ns_target, json!({"metadata": {"name": ns}}), false)
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
         }
+        // The API server's own Service, on the first address of the range, as in every cluster.
+        let svc_target = ops::Target {
+            key: (String::new(), "services".into()),
+            info: store
+                .collection(&(String::new(), "services".into()))
+                .map(|c| c.info.clone())
+                .expect("services are built in"),
+            namespace: Some("default".into()),
+            ..ns_target.clone()
+        };
+        let kubernetes = json!({"metadata": {"name": "kubernetes", "namespace": "default",
+                "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"type": "ClusterIP", "clusterIP": store.services.kubernetes_ip().map(|ip| ip.to_string()),
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}});
+        ops::create(&mut store, &svc_target, kubernetes, false).map_err(|e| std::io::Error::other(e.to_string()))?;
         let rv = store.rv;
         let shared = Arc::new(Shared {
             requests: Mutex::new(Vec::new()),

@@ -19,13 +19,20 @@ pub struct ServiceNetwork {
     pub node_ports: RangeInclusive<u16>,
     ips: BTreeMap<IpAddr, ObjectKey>,
     ports: BTreeMap<u16, ObjectKey>,
-    cursor: u128,
 }
 
 impl ServiceNetwork {
+    /// The address of the `kubernetes` Service: the first of the primary range.
+    pub fn kubernetes_ip(&self) -> Option<IpAddr> {
+        match self.cidrs.first()? {
+            IpNetwork::V4(n) => Some(IpAddr::V4((u32::from(n.network()) + 1).into())),
+            IpNetwork::V6(n) => Some(IpAddr::V6((u128::from(n.network()) + 1).into())),
+        }
+    }
+
     /// A network with nothing allocated.
     pub fn new(cidrs: Vec<IpNetwork>, node_ports: RangeInclusive<u16>) -> Self {
-        Self { cidrs, node_ports, ips: BTreeMap::new(), ports: BTreeMap::new(), cursor: 0 }
+        Self { cidrs, node_ports, ips: BTreeMap::new(), ports: BTreeMap::new() }
     }
 
     /// Frees what `svc` held.
@@ -74,16 +81,18 @@ impl ServiceNetwork {
                 (u128::from(n.network()), 1u128 << bits)
             }
         };
-        // Skip the network address (and, for IPv4, the broadcast address), as the real allocator does.
+        // Skip the network address (and, for IPv4, the broadcast address), as the real allocator
+        // does; start at a random place and probe from there, as its bitmap allocator does, so
+        // that a test never gets the addresses in order (which would hide collisions).
         let usable = size.saturating_sub(2).max(1);
+        let start = random_below(usable);
         for i in 0..usable {
-            let offset = 1 + (self.cursor + i) % usable;
+            let offset = 1 + (start + i) % usable;
             let ip = match cidr {
                 IpNetwork::V4(_) => IpAddr::V4(u32::try_from(base + offset).ok()?.into()),
                 IpNetwork::V6(_) => IpAddr::V6((base + offset).into()),
             };
             if !self.ips.contains_key(&ip) && !taken.contains(&ip) {
-                self.cursor = self.cursor.wrapping_add(i + 1);
                 return Some(ip);
             }
         }
@@ -91,8 +100,17 @@ impl ServiceNetwork {
     }
 
     fn allocate_port(&self, taken: &BTreeSet<u16>) -> Option<u16> {
-        self.node_ports.clone().find(|p| !self.ports.contains_key(p) && !taken.contains(p))
+        let (first, count) = (u128::from(*self.node_ports.start()), self.node_ports.clone().count() as u128);
+        let start = random_below(count.max(1));
+        (0..count)
+            .filter_map(|i| u16::try_from(first + (start + i) % count).ok())
+            .find(|p| !self.ports.contains_key(p) && !taken.contains(p))
     }
+}
+
+/// A random number below `n` (> 0).
+fn random_below(n: u128) -> u128 {
+    uuid::Uuid::new_v4().as_u128() % n
 }
 
 fn family_of_net(c: &IpNetwork) -> &'static str {
@@ -190,6 +208,10 @@ pub fn admit(svc: &mut Value, old: Option<&Value>, net: &mut ServiceNetwork) -> 
         return Err(causes);
     }
     assign_node_ports(spec, &old_spec, net, &me, &mut causes);
+    if old.is_none() {
+        // A new Service's status is the empty ServiceStatus, whatever the request carried.
+        svc["status"] = json!({"loadBalancer": {}});
+    }
     if causes.is_empty() { Ok(()) } else { Err(causes) }
 }
 

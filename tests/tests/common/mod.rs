@@ -98,10 +98,21 @@ pub fn ippool_crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiexten
 
 /// One plain HTTP/1.1 request (no client-side retries): returns the status code and the body.
 pub async fn raw_request(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    raw_request_as(addr, method, path, "application/json", body).await
+}
+
+/// [`raw_request`] with another Content-Type.
+pub async fn raw_request_as(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await.expect("write");
