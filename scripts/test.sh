@@ -9,13 +9,14 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v nft >/dev/null || missing+=(nftables)
 command -v ip >/dev/null || missing+=(iproute2)
+command -v curl >/dev/null || missing+=(curl)
 command -v kubectl >/dev/null || missing+=(kubectl)
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   apt-get update -qq
   # kubectl comes from Kubernetes' own apt repository where Debian's lacks it; the kubectl tests
   # say so (and fail under CI=true) if it could not be installed.
-  apt-get install -y -qq "${missing[@]}" || apt-get install -y -qq nftables iproute2
+  apt-get install -y -qq "${missing[@]}" || apt-get install -y -qq nftables iproute2 curl
 fi
 if ! command -v cargo >/dev/null; then
   echo "cargo is missing: install a Rust toolchain (rustup, 1.89 or newer)" >&2

@@ -74,14 +74,7 @@ async fn vip_traffic_reaches_the_backends_with_cluster_and_local_policy() {
     assert!(udp.is_some_and(|a| a.starts_with("pod=echo-node-")), "UDP through the VIP");
 
     // An endpoint that turns unready gets no new connections.
-    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> = Api::namespaced(client.clone(), "default");
-    let mut slice = slices.get("echo-ipv4").await.unwrap();
-    for e in slice.endpoints.iter_mut().flatten() {
-        if e.node_name.as_deref() == Some("node-3") {
-            e.conditions.get_or_insert_with(Default::default).ready = Some(false);
-        }
-    }
-    slices.replace("echo-ipv4", &PostParams::default(), &slice).await.unwrap();
+    lab.set_pod_ready("echo", "node-3", false).await.unwrap();
     common::eventually("node-3's pod to stop getting connections", Duration::from_secs(20), || {
         let ns = ns.clone();
         async move {

@@ -6,7 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use ferrolb_tests::lab::{Lab, netns};
+use ferrolb_tests::lab::{Lab, netns, probe};
 
 /// A TCP listener in `server_ns` answering one connection from `client_ns`.
 fn tcp_reaches(server_ns: &str, listen: &str, client_ns: &str) -> bool {
@@ -105,6 +105,11 @@ async fn the_demo_passes_and_cleans_up() {
     let outcome = ferrolb_tests::lab::demo::run(|line| eprintln!("{line}")).await.expect("the demo passes");
     assert_ne!(outcome.first, outcome.second);
     assert!(outcome.failover < Duration::from_secs(5), "{outcome:?}");
+    // The client's curl through the EXTERNAL-IP is answered by a pod before and after (Cluster
+    // policy: the pod sees a node's address, not the client's).
+    for answer in [&outcome.answers.0, &outcome.answers.1] {
+        assert!(answer.starts_with("pod=web-node-") && answer.contains(" client="), "{outcome:?}");
+    }
     let left: Vec<String> = netns::list().unwrap().into_iter().filter(|n| n.starts_with(&outcome.prefix)).collect();
     assert!(left.is_empty(), "the demo left namespaces behind: {left:?}");
 }
@@ -159,9 +164,19 @@ async fn backends_answer_with_their_pod_name_and_the_client_address_and_are_regi
     let p = pods.get("web-node-1").await.unwrap();
     assert_eq!(p.spec.unwrap().node_name.as_deref(), Some("node-1"));
     assert_eq!(p.status.unwrap().pod_ip.as_deref(), Some(lab.topology.pods[0].ipv4.to_string().as_str()));
+    // A Service that selects them gets EndpointSlices from the lab's controller.
+    let svc: k8s_openapi::api::core::v1::Service =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "any", "port": 80, "targetPort": "echo"}]}}))
+        .unwrap();
+    kube::Api::namespaced(client.clone(), "default").create(&Default::default(), &svc).await.unwrap();
     let slices: kube::Api<k8s_openapi::api::discovery::v1::EndpointSlice> = kube::Api::namespaced(client, "default");
-    let s = slices.get("web-ipv4").await.unwrap();
+    let s = common::eventually("web's EndpointSlice", Duration::from_secs(10), || async {
+        slices.get("web-lab-ipv4-0").await.ok()
+    })
+    .await;
     assert_eq!(s.endpoints.map(|e| e.len()), Some(2));
+    assert_eq!(s.ports.unwrap()[0].port, Some(8080), "the named targetPort resolved through the Pods");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,10 +185,11 @@ async fn ferrolb_lab_up_and_down_through_the_state_file() {
         return;
     }
     let state = std::env::temp_dir().join(format!("ferrolb-lab-state-{}.json", std::process::id()));
+    let printed = state.with_extension("out");
     let mut up = common::Proc(
         std::process::Command::new(env!("CARGO_BIN_EXE_ferrolb-lab"))
             .args(["up", "--nodes", "2", "--state-file", state.to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&printed).unwrap())
             .spawn()
             .unwrap(),
     );
@@ -192,6 +208,7 @@ async fn ferrolb_lab_up_and_down_through_the_state_file() {
     let kc = kube::config::Kubeconfig::read_from(s["kubeconfig"].as_str().unwrap()).unwrap();
     let client =
         kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap()).unwrap();
+    let kube_client = client.clone();
     let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
     assert_eq!(nodes.list(&Default::default()).await.unwrap().items.len(), 2);
     let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> = kube::Api::namespaced(client, "ferrolb-system");
@@ -199,6 +216,40 @@ async fn ferrolb_lab_up_and_down_through_the_state_file() {
         (leases.list(&Default::default()).await.ok()?.items.len() == 3).then_some(())
     })
     .await;
+    // The first step it prints works as printed: kubectl apply, the EXTERNAL-IP, curl.
+    let out = common::eventually("the first step to be printed", Duration::from_secs(10), || async {
+        std::fs::read_to_string(&printed).ok().filter(|o| o.contains("\n  ip netns exec"))
+    })
+    .await;
+    let step = out.split_once("first step:").expect("a first step").1;
+    let yaml: String = step
+        .split_once("<<'EOF'\n")
+        .and_then(|(_, rest)| rest.split_once("EOF\n"))
+        .map(|(y, _)| y.lines().map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l))).collect())
+        .expect("the YAML to apply");
+    let export = step.lines().find_map(|l| l.trim().strip_prefix("export KUBECONFIG=")).expect("KUBECONFIG");
+    if let Some(kubectl) = common::kubectl() {
+        let mut apply = std::process::Command::new(kubectl);
+        apply.args(["apply", "-f", "-"]).env("KUBECONFIG", export).env("HOME", std::env::temp_dir());
+        let (ok, _, err) = common::run_with_stdin(&mut apply, &yaml);
+        assert!(ok, "kubectl apply of the printed first step: {err}");
+        let services: kube::Api<k8s_openapi::api::core::v1::Service> =
+            kube::Api::namespaced(kube_client.clone(), "default");
+        let ip = common::eventually("hello's EXTERNAL-IP", Duration::from_secs(20), || async {
+            services.get("hello").await.ok()?.status?.load_balancer?.ingress?.first()?.ip.clone()
+        })
+        .await;
+        let curl = step.lines().map(str::trim).find(|l| l.contains(" curl ")).expect("the curl line");
+        let answer = common::eventually("the printed curl to be answered by a pod", Duration::from_secs(20), || {
+            let line = curl.replace("<EXTERNAL-IP>", &ip);
+            async move {
+                let (ok, out, _) = common::run(std::process::Command::new("sh").args(["-c", &line]));
+                (ok && out.starts_with("pod=echo-node-")).then_some(out)
+            }
+        })
+        .await;
+        assert!(answer.contains("client="), "{answer}");
+    }
     let (ok, _, err) = common::run(std::process::Command::new(env!("CARGO_BIN_EXE_ferrolb-lab")).args([
         "down",
         "--state-file",
@@ -209,4 +260,44 @@ async fn ferrolb_lab_up_and_down_through_the_state_file() {
     assert!(exited.success(), "ferrolb-lab up did not stop cleanly: {exited}");
     let left: Vec<String> = netns::list().unwrap().into_iter().filter(|n| n.starts_with(&prefix)).collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// What a newcomer types: a Service with its own port name, a named targetPort and any selector
+/// of the lab's Pods reaches every pod through its EXTERNAL-IP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_with_any_port_name_and_a_named_target_port_reaches_every_pod() {
+    if !common::lab_prerequisites() {
+        return;
+    }
+    let lab = Lab::up(3).await.expect("lab up");
+    let _running = lab.start_cluster().await.unwrap();
+    lab.apply_pool("lan", serde_json::json!({"addresses": ["198.51.100.220-198.51.100.230"]})).await.unwrap();
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "my-app"},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "echo"},
+            "ports": [{"name": "web", "port": 8000, "targetPort": "echo"}]}}))
+    .unwrap();
+    let client = lab.client().await.unwrap();
+    kube::Api::namespaced(client, "default").create(&Default::default(), &svc).await.unwrap();
+    let vip = common::eventually("my-app to get an address", Duration::from_secs(20), || async {
+        lab.service_ips("my-app").await.first().copied()
+    })
+    .await;
+    let ns = lab.topology.client.namespace.clone();
+    let pods: std::collections::BTreeSet<String> =
+        common::eventually("connections to reach all three pods", Duration::from_secs(20), || {
+            let ns = ns.clone();
+            async move {
+                let answers: Vec<String> = tokio::task::spawn_blocking(move || {
+                    (0..60).filter_map(|_| probe::tcp_once(&ns, std::net::SocketAddr::new(vip, 8000))).collect()
+                })
+                .await
+                .ok()?;
+                let pods: std::collections::BTreeSet<String> =
+                    answers.iter().filter_map(|a| a.split_whitespace().next().map(str::to_string)).collect();
+                (pods.len() == 3).then_some(pods)
+            }
+        })
+        .await;
+    assert_eq!(pods, ["pod=echo-node-1", "pod=echo-node-2", "pod=echo-node-3"].map(String::from).into_iter().collect());
 }

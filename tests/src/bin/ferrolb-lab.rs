@@ -64,12 +64,15 @@ async fn run(args: Args) -> Result<(), lab::netns::LabError> {
                 lab.kubeconfig().display()
             );
             println!("logs: {}", lab.dir.display());
-            println!("backends: app=echo, TCP and UDP 8080, in every pod (EndpointSlices of Service default/echo)");
+            println!(
+                "backends: Pods app=echo in every pod namespace, TCP and UDP 8080 (container ports echo / echo-udp); any Service selecting them gets EndpointSlices"
+            );
             for n in &t.nodes {
                 println!("node {}: ip netns exec {} ... ({} / {}, {})", n.name, n.namespace, n.ipv4, n.ipv6, n.mac);
             }
             println!("client: ip netns exec {} ... ({} / {})", t.client.namespace, t.client.ipv4, t.client.ipv6);
             println!("stop with Ctrl-C or `ferrolb-lab down --state-file FILE`");
+            println!("\n{}", lab::demo::first_step(&lab));
             ferrolb_process::shutdown_signal().await;
             drop(running);
             drop(lab);

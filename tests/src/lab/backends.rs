@@ -1,9 +1,8 @@
 //! Backend "pods": a small TCP and UDP server in every pod namespace that answers with its pod
-//! name and the client address it saw, plus the Pod and EndpointSlice objects a kubelet and the
-//! endpoint controller would write for them.
+//! name and the client address it saw, plus the Pod objects a kubelet would write for them (the
+//! lab's EndpointSlice controller, `endpoints.rs`, lists them for the Services that select them).
 
 use k8s_openapi::api::core::v1::Pod as PodObject;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
@@ -32,7 +31,9 @@ fn kube_err(e: kube::Error) -> LabError {
 
 impl Lab {
     /// Starts a backend of `app` listening on `port` (TCP and UDP, both families) in every pod
-    /// namespace, and writes its Pods and a ready EndpointSlice for Service `app` in `default`.
+    /// namespace, and writes its Pods in `default` — labelled `app: <app>`, Ready, with the
+    /// container ports `echo` (TCP) and `echo-udp` (UDP) — so that any Service selecting them
+    /// gets EndpointSlices.
     pub async fn start_backends(&self, app: &str, port: u16) -> Result<Vec<JoinHandle<()>>, LabError> {
         let mut tasks = Vec::new();
         for pod in &self.topology.pods {
@@ -56,35 +57,30 @@ impl Lab {
             }));
         }
         let client = self.client().await?;
-        let pods: Api<PodObject> = Api::namespaced(client.clone(), "default");
-        let mut endpoints = Vec::new();
+        let pods: Api<PodObject> = Api::namespaced(client, "default");
         for pod in &self.topology.pods {
             let name = pod_name(app, &pod.node);
             let body = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": app}},
-                "spec": {"nodeName": pod.node, "containers": [{"name": "backend", "image": "ferrolb-lab/backend", "ports": [{"containerPort": port}]}]}});
+                "spec": {"nodeName": pod.node, "containers": [{"name": "backend", "image": "ferrolb-lab/backend", "ports": [
+                    {"name": "echo", "containerPort": port, "protocol": "TCP"}, {"name": "echo-udp", "containerPort": port, "protocol": "UDP"}]}]}});
             pods.patch(&name, &PatchParams::apply("lab"), &Patch::Apply(body)).await.map_err(kube_err)?;
             let status = json!({"status": {"phase": "Running", "podIP": pod.ipv4.to_string(),
                 "podIPs": [{"ip": pod.ipv4.to_string()}, {"ip": pod.ipv6.to_string()}],
                 "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
             pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(status)).await.map_err(kube_err)?;
-            endpoints.push((pod.node.clone(), name, pod.ipv4.to_string(), pod.ipv6.to_string()));
-        }
-        let slices: Api<EndpointSlice> = Api::namespaced(client, "default");
-        for (family, pick) in [("IPv4", 0usize), ("IPv6", 1usize)] {
-            let eps: Vec<serde_json::Value> = endpoints
-                .iter()
-                .map(|(node, pod, v4, v6)| {
-                    json!({"addresses": [if pick == 0 { v4 } else { v6 }], "nodeName": node, "conditions": {"ready": true, "serving": true, "terminating": false},
-                        "targetRef": {"kind": "Pod", "namespace": "default", "name": pod}})
-                })
-                .collect();
-            let name = format!("{app}-{}", family.to_lowercase());
-            let body = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                "metadata": {"name": name, "labels": {"kubernetes.io/service-name": app}},
-                "addressType": family, "ports": [{"name": "tcp", "port": port, "protocol": "TCP"}, {"name": "udp", "port": port, "protocol": "UDP"}],
-                "endpoints": eps});
-            slices.patch(&name, &PatchParams::apply("lab"), &Patch::Apply(body)).await.map_err(kube_err)?;
         }
         Ok(tasks)
+    }
+
+    /// Sets the Ready condition of `app`'s Pod on `node`, as its kubelet would when a readiness
+    /// probe starts or stops passing (the lab's EndpointSlice controller follows it).
+    pub async fn set_pod_ready(&self, app: &str, node: &str, ready: bool) -> Result<(), LabError> {
+        let pods: Api<PodObject> = Api::namespaced(self.client().await?, "default");
+        let status = json!({"status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" },
+            "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+        pods.patch_status(&pod_name(app, node), &PatchParams::default(), &Patch::Merge(status))
+            .await
+            .map_err(kube_err)?;
+        Ok(())
     }
 }

@@ -1,5 +1,7 @@
 //! `ferrolb-lab demo`: the whole story in one command — a pool and a Service, the EXTERNAL-IP and
-//! who announces it, the announcing node's speaker killed, and how long the client took to follow.
+//! who announces it, the client's `curl` answered by a pod, the announcing node's speaker killed,
+//! how long the client took to follow, and `curl` answered again. Also the first step that
+//! `ferrolb-lab up` prints for a newcomer to copy.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -32,6 +34,53 @@ where
     }
 }
 
+/// A pool and a Service for the lab, as a newcomer would apply them (`ferrolb-lab up` prints it).
+pub const FIRST_STEP_YAML: &str = "apiVersion: ferrolb.io/v1alpha1
+kind: IPPool
+metadata: {name: lan}
+spec: {addresses: [198.51.100.200-198.51.100.210]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hello}
+spec:
+  type: LoadBalancer
+  selector: {app: echo}
+  ports: [{name: web, port: 80, targetPort: echo}]
+";
+
+/// The curl command that calls `ip` from the client namespace `ns` (the lab's backends answer
+/// with one line and close, which curl reads as HTTP/0.9).
+pub fn curl_command(ns: &str, ip: IpAddr) -> Vec<String> {
+    let url = match ip {
+        IpAddr::V4(v4) => format!("http://{v4}/"),
+        IpAddr::V6(v6) => format!("http://[{v6}]/"),
+    };
+    ["ip", "netns", "exec", ns, "curl", "--http0.9", "-sS", "--max-time", "3", &url].map(String::from).to_vec()
+}
+
+/// The first step `ferrolb-lab up` prints: apply a pool and a Service, read the EXTERNAL-IP, call it.
+pub fn first_step(lab: &Lab) -> String {
+    let kubeconfig = lab.kubeconfig();
+    let curl = curl_command(&lab.topology.client.namespace, "198.51.100.200".parse().expect("static address"));
+    format!(
+        "first step: a pool and a Service, then call it from the client\n  export KUBECONFIG={}\n  kubectl apply -f - <<'EOF'\n{}EOF\n  kubectl get svc hello          # EXTERNAL-IP, 198.51.100.200 on a fresh lab\n  {}\n",
+        kubeconfig.display(),
+        FIRST_STEP_YAML.lines().map(|l| format!("  {l}\n")).collect::<String>(),
+        curl.join(" ").replace("http://198.51.100.200/", "http://<EXTERNAL-IP>/")
+    )
+}
+
+/// Runs `curl` from the client to `ip`; the body it printed.
+pub async fn curl(lab: &Lab, ip: IpAddr) -> Result<String, LabError> {
+    let cmd = curl_command(&lab.topology.client.namespace, ip);
+    let out = tokio::process::Command::new(&cmd[0]).args(&cmd[1..]).output().await?;
+    if !out.status.success() {
+        return Err(fail(format!("{}: {}", cmd.join(" "), String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 /// What the demo measured.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -43,6 +92,8 @@ pub struct Outcome {
     pub second: String,
     /// From kill -9 to the client's neighbour entry pointing at the new node.
     pub failover: Duration,
+    /// What the client's curl got before and after the failover.
+    pub answers: (String, String),
     /// The prefix of the lab's namespaces (all gone when `run` returns).
     pub prefix: String,
 }
@@ -55,10 +106,11 @@ pub async fn run(say: impl Fn(&str)) -> Result<Outcome, LabError> {
     let client = lab.client().await?;
     let _controller = lab.start_controller()?;
     let mut speakers = (0..3).map(|i| lab.start_speaker(i, &[])).collect::<Result<Vec<_>, _>>()?;
-    say("creating IPPool lan (198.51.100.200-198.51.100.210) and Service demo/web (type LoadBalancer) ...");
+    let _backends = lab.start_backends("web", 8080).await?;
+    say("creating IPPool lan (198.51.100.200-198.51.100.210) and Service default/web (type LoadBalancer, app=web) ...");
     lab.apply_pool("lan", json!({"addresses": ["198.51.100.200-198.51.100.210"]})).await?;
     let svc: Service = serde_json::from_value(json!({"metadata": {"name": "web"},
-        "spec": {"type": "LoadBalancer", "selector": {"app": "web"}, "ports": [{"port": 80}]}}))
+        "spec": {"type": "LoadBalancer", "selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "echo"}]}}))
     .map_err(|e| fail(e.to_string()))?;
     let api: Api<Service> = Api::namespaced(client.clone(), "default");
     api.create(&PostParams::default(), &svc).await.map_err(|e| fail(e.to_string()))?;
@@ -90,6 +142,11 @@ pub async fn run(say: impl Fn(&str)) -> Result<Outcome, LabError> {
         .await?;
     say(&format!("the client's ARP for {vip} is answered by {first} ({first_node}) only"));
     say(&format!("ferrolb.io/Announced: {announced}"));
+    let before = until("a pod to answer the client's curl", Duration::from_secs(20), || async {
+        curl(&lab, vip).await.ok().filter(|a| a.starts_with("pod="))
+    })
+    .await?;
+    say(&format!("$ {}\n{before}", curl_command(&c.namespace, vip).join(" ")));
     let ns = c.namespace.clone();
     tokio::task::spawn_blocking(move || probe::resolve(&ns, vip)).await.map_err(|e| fail(e.to_string()))?;
     let idx = lab.topology.nodes.iter().position(|n| n.name == first_node).ok_or_else(|| fail("no such node"))?;
@@ -107,9 +164,14 @@ pub async fn run(say: impl Fn(&str)) -> Result<Outcome, LabError> {
         "{second_node} ({second}) took over; the client's neighbour entry followed its gratuitous ARP after {} ms",
         failover.as_millis()
     ));
+    let after = until("a pod to answer again", Duration::from_secs(20), || async {
+        curl(&lab, vip).await.ok().filter(|a| a.starts_with("pod="))
+    })
+    .await?;
+    say(&format!("$ {}\n{after}", curl_command(&c.namespace, vip).join(" ")));
     say("cleaning up ...");
     let prefix = lab.topology.prefix.clone();
     drop(speakers);
     drop(lab);
-    Ok(Outcome { vip, first: first_node, second: second_node, failover, prefix })
+    Ok(Outcome { vip, first: first_node, second: second_node, failover, answers: (before, after), prefix })
 }

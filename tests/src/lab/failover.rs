@@ -6,7 +6,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
@@ -80,14 +79,7 @@ impl Lab {
         let idx = names.iter().position(|n| *n == winner).ok_or_else(|| failed("the winner's node"))?;
         // Its own pod leaves the endpoints first (as when a node is drained), so that what is
         // measured is the announcement moving, not connections to a pod that died with its node.
-        let slices: Api<EndpointSlice> = Api::namespaced(client, "default");
-        let mut slice = slices.get("echo-ipv4").await.map_err(kube_err)?;
-        for e in slice.endpoints.iter_mut().flatten() {
-            if e.node_name.as_deref() == Some(winner.as_str()) {
-                e.conditions.get_or_insert_with(Default::default).ready = Some(false);
-            }
-        }
-        slices.replace("echo-ipv4", &PostParams::default(), &slice).await.map_err(kube_err)?;
+        self.set_pod_ready("echo", &winner, false).await?;
         let dead_pod = format!("pod=echo-{winner} ");
         until("the announcing node's pod to be drained", Duration::from_secs(20), {
             let ns = ns.clone();

@@ -3,6 +3,7 @@
 
 pub mod backends;
 pub mod demo;
+pub mod endpoints;
 pub mod failover;
 pub mod netns;
 pub mod probe;
@@ -37,8 +38,8 @@ pub struct State {
     pub topology: Topology,
 }
 
-/// A running lab: the network, the API server, and the relays into the nodes. Dropping it tears
-/// everything down.
+/// A running lab: the network, the API server, the relays into the nodes and the lab's
+/// EndpointSlice controller. Dropping it tears everything down.
 pub struct Lab {
     /// The network.
     pub topology: Topology,
@@ -46,7 +47,8 @@ pub struct Lab {
     pub api: SimApiServer,
     /// Files of this lab (kubeconfigs, logs).
     pub dir: PathBuf,
-    relays: Vec<tokio::task::JoinHandle<()>>,
+    /// The relays into the nodes and the EndpointSlice controller.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Lab {
@@ -65,8 +67,11 @@ impl Lab {
             }
         };
         let dir = std::env::temp_dir().join(&topo.prefix);
-        let mut lab = Lab { topology: topo, api, dir, relays: Vec::new() };
+        let mut lab = Lab { topology: topo, api, dir, tasks: Vec::new() };
         lab.finish_setup()?;
+        // What Kubernetes' EndpointSlice controller does for the lab's Pods.
+        let client = lab.client().await?;
+        lab.tasks.push(tokio::spawn(endpoints::run(client)));
         Ok(lab)
     }
 
@@ -76,7 +81,7 @@ impl Lab {
         std::fs::write(self.node_kubeconfig(), kubeconfig_for(&format!("http://{NODE_API}")))?;
         let listen: SocketAddr = NODE_API.parse().expect("static address");
         for node in &self.topology.nodes {
-            self.relays.push(tunnel::expose(&node.namespace, listen, self.api.addr())?);
+            self.tasks.push(tunnel::expose(&node.namespace, listen, self.api.addr())?);
         }
         Ok(())
     }
@@ -113,8 +118,8 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for r in &self.relays {
-            r.abort();
+        for t in &self.tasks {
+            t.abort();
         }
         topology::teardown(&self.topology);
         // FERROLB_LAB_KEEP=1 keeps the logs of the controller and speakers for a post-mortem.
