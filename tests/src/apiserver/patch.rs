@@ -169,7 +169,14 @@ fn merge_list(field: &str, existing: Option<Value>, patch: &[Value], directives:
     for item in patch {
         let Some(obj) = item.as_object() else { continue };
         let id = obj.get(key);
-        let pos = current.iter().position(|c| c.get(key) == id && id.is_some());
+        // Ports are told apart by port AND protocol (kube-apiserver's list-map keys for Service
+        // ports): a TCP and a UDP port of one number are two entries, not one.
+        let protocol_of = |o: Option<&Value>| o.and_then(Value::as_str).unwrap_or("TCP").to_string();
+        let protocol = protocol_of(obj.get("protocol"));
+        let same = |c: &Value| {
+            c.get(key) == id && id.is_some() && (field != "ports" || protocol_of(c.get("protocol")) == protocol)
+        };
+        let pos = current.iter().position(same);
         match (obj.get("$patch").and_then(Value::as_str), pos) {
             (Some("delete"), Some(i)) if directives => {
                 current.remove(i);
@@ -190,6 +197,14 @@ fn merge_list(field: &str, existing: Option<Value>, patch: &[Value], directives:
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn ports_of_one_number_and_two_protocols_stay_two() {
+        let mut t = json!({"ports": [{"name": "tcp", "port": 8080, "protocol": "TCP"}, {"name": "udp", "port": 8080, "protocol": "UDP"}]});
+        let patch = json!({"ports": [{"name": "tcp", "port": 8080, "protocol": "TCP"}, {"name": "udp", "port": 8080, "protocol": "UDP"}]});
+        apply_patch(PatchType::Apply, &mut t, &patch).unwrap();
+        assert_eq!(t, patch);
+    }
 
     #[test]
     fn merge_patch_removes_with_null() {
