@@ -3,7 +3,7 @@
 //! local cache (the Service's uid for the Event, its conditions and resourceVersion for the
 //! patch), so reporting costs no reads of the API server.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -24,15 +24,36 @@ use crate::state::View;
 /// conflict, is tried again after it).
 pub const REWRITE_EVERY: Duration = Duration::from_secs(1);
 
+/// API writes in flight at once. A node taking thousands of Services over must not open
+/// thousands of connections at once: each is a file descriptor, and a responder's raw socket must
+/// stay below FD_SETSIZE (pnet waits on it with select). What does not fit waits for the next tick.
+pub const MAX_WRITES: usize = 16;
+
+/// Events waiting for a write slot; beyond this the oldest are dropped (with a log line).
+pub const MAX_PENDING_EVENTS: usize = 1024;
+
+/// The last write of a Service's condition: when, and against which resourceVersion of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// When it was made.
+    pub at: Instant,
+    /// The resourceVersion the cached copy had then.
+    pub version: String,
+}
+
 /// Whether the condition must be written: it does not say `True` with `message` (a late write of
-/// a previous owner, say), and the last attempt is at least [`REWRITE_EVERY`] old.
+/// a previous owner, say), the last attempt is at least [`REWRITE_EVERY`] old, and the cache has
+/// seen a `version` of the Service since — a busy API server's watch may lag behind our own write,
+/// and writing against the version we already wrote against would only conflict or repeat it.
 pub fn condition_due(
     current: Option<(&str, &str)>,
     message: &str,
-    last_attempt: Option<Instant>,
+    version: &str,
+    last: Option<&Attempt>,
     now: Instant,
 ) -> bool {
-    current != Some(("True", message)) && last_attempt.is_none_or(|t| now.saturating_duration_since(t) >= REWRITE_EVERY)
+    current != Some(("True", message))
+        && last.is_none_or(|a| now.saturating_duration_since(a.at) >= REWRITE_EVERY && a.version != version)
 }
 
 /// The condition's message for an address announced from `node`, `at` where (e.g. "on eth0").
@@ -47,8 +68,10 @@ pub struct Reporter {
     node: String,
     services: Store<Service>,
     by_ip: BTreeMap<IpAddr, Vec<ServiceKey>>,
-    attempts: BTreeMap<ServiceKey, Instant>,
+    attempts: BTreeMap<ServiceKey, Attempt>,
     writes: JoinSet<()>,
+    /// Events waiting for a write slot.
+    pending: VecDeque<(ServiceKey, Notice)>,
 }
 
 impl Reporter {
@@ -62,6 +85,7 @@ impl Reporter {
             by_ip: BTreeMap::new(),
             attempts: BTreeMap::new(),
             writes: JoinSet::new(),
+            pending: VecDeque::new(),
         }
     }
 
@@ -76,26 +100,36 @@ impl Reporter {
         self.services.get(&ObjectRef::new(key.name()).within(key.namespace()))
     }
 
-    /// Writes `notices` as Events on the Services of their addresses.
+    /// Writes `notices` as Events on the Services of their addresses, at most [`MAX_WRITES`] at
+    /// a time.
     pub fn publish(&mut self, notices: Vec<Notice>) {
         for n in notices {
             for key in self.by_ip.get(&n.ip).cloned().unwrap_or_default() {
-                let Some(svc) = self.cached(&key) else { continue };
-                let (recorder, reference, message) = (self.recorder.clone(), svc.object_ref(&()), n.message.clone());
-                let (warning, reason) = (n.warning, n.reason);
-                self.writes.spawn(async move {
-                    if let Err(e) = recorder.publish(&reference, warning, reason, "Announce", &message).await {
-                        tracing::warn!(service = %key, error = %e, "could not record an Event");
-                    }
-                });
+                self.pending.push_back((key, n.clone()));
             }
         }
+        if self.pending.len() > MAX_PENDING_EVENTS {
+            let dropped = self.pending.len() - MAX_PENDING_EVENTS;
+            self.pending.drain(..dropped);
+            tracing::warn!(dropped, "too many Events waiting to be written; dropped the oldest");
+        }
         while self.writes.try_join_next().is_some() {}
+        while self.writes.len() < MAX_WRITES {
+            let Some((key, n)) = self.pending.pop_front() else { break };
+            let Some(svc) = self.cached(&key) else { continue };
+            let (recorder, reference) = (self.recorder.clone(), svc.object_ref(&()));
+            self.writes.spawn(async move {
+                if let Err(e) = recorder.publish(&reference, n.warning, n.reason, "Announce", &n.message).await {
+                    tracing::warn!(service = %key, error = %e, "could not record an Event");
+                }
+            });
+        }
     }
 
     /// Rewrites the condition of every Service of an address in `announced` that does not name
     /// this node as it should.
     pub fn ensure_conditions(&mut self, announced: &BTreeMap<IpAddr, String>, now: Instant) {
+        while self.writes.try_join_next().is_some() {}
         for (ip, at) in announced {
             let message = announced_message(ip, &self.node, at);
             for key in self.by_ip.get(ip).into_iter().flatten() {
@@ -106,10 +140,14 @@ impl Reporter {
                     .and_then(|s| s.conditions.as_ref())
                     .and_then(|c| c.iter().find(|c| c.type_ == ANNOUNCED_CONDITION))
                     .map(|c| (c.status.as_str(), c.message.as_str()));
-                if !condition_due(current, &message, self.attempts.get(key).copied(), now) {
+                let version = svc.metadata.resource_version.clone().unwrap_or_default();
+                if !condition_due(current, &message, &version, self.attempts.get(key), now) {
                     continue;
                 }
-                self.attempts.insert(key.clone(), now);
+                if self.writes.len() >= MAX_WRITES {
+                    return;
+                }
+                self.attempts.insert(key.clone(), Attempt { at: now, version });
                 let (client, key, message) = (self.client.clone(), key.clone(), message.clone());
                 self.writes.spawn(async move {
                     if let Err(e) = set_announced(&client, &svc, &message).await {
@@ -118,7 +156,6 @@ impl Reporter {
                 });
             }
         }
-        while self.writes.try_join_next().is_some() {}
     }
 }
 
@@ -151,16 +188,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_condition_is_rewritten_when_wrong_at_most_once_a_second() {
+    fn the_condition_is_rewritten_when_wrong_at_most_once_a_second_and_once_a_version() {
         let now = Instant::now();
         let msg = "198.51.100.7 announced by node n1 on eth0";
-        assert!(!condition_due(Some(("True", msg)), msg, None, now), "already right");
-        assert!(condition_due(None, msg, None, now), "missing");
+        assert!(!condition_due(Some(("True", msg)), msg, "7", None, now), "already right");
+        assert!(condition_due(None, msg, "7", None, now), "missing");
         let stale = "198.51.100.7 announced by node n2 on eth0";
-        assert!(condition_due(Some(("True", stale)), msg, None, now), "names another node");
-        assert!(condition_due(Some(("False", msg)), msg, None, now));
-        assert!(!condition_due(Some(("True", stale)), msg, Some(now), now + REWRITE_EVERY / 2), "tried just now");
-        assert!(condition_due(Some(("True", stale)), msg, Some(now), now + REWRITE_EVERY));
+        assert!(condition_due(Some(("True", stale)), msg, "7", None, now), "names another node");
+        assert!(condition_due(Some(("False", msg)), msg, "7", None, now));
+        let tried = Attempt { at: now, version: "7".into() };
+        assert!(
+            !condition_due(Some(("True", stale)), msg, "8", Some(&tried), now + REWRITE_EVERY / 2),
+            "tried just now"
+        );
+        assert!(condition_due(Some(("True", stale)), msg, "8", Some(&tried), now + REWRITE_EVERY));
+        assert!(
+            !condition_due(Some(("True", stale)), msg, "7", Some(&tried), now + REWRITE_EVERY * 10),
+            "the cache still shows the version we wrote against: our write is not seen yet"
+        );
     }
 
     #[test]
@@ -169,5 +214,51 @@ mod tests {
             announced_message(&"198.51.100.7".parse().unwrap(), "node-1", "on eth0, eth1"),
             "198.51.100.7 announced by node node-1 on eth0, eth1"
         );
+    }
+
+    #[tokio::test]
+    async fn no_more_than_max_writes_in_flight_whatever_is_due() {
+        use kube::runtime::{reflector, watcher};
+        // An API server that never answers: every write stays in flight.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap()).parse().unwrap();
+        let client = Client::try_from(kube::Config::new(url)).unwrap();
+        let (store, mut writer) = reflector::store::<Service>();
+        let mut view = View::default();
+        let mut announced = BTreeMap::new();
+        for i in 0..100u8 {
+            let svc: Service = serde_json::from_value(serde_json::json!({"metadata": {"name": format!("s{i}"),
+                "namespace": "d", "resourceVersion": "1"}}))
+            .unwrap();
+            writer.apply_watcher_event(&watcher::Event::Apply(svc));
+            let ip: IpAddr = std::net::Ipv4Addr::new(198, 51, 100, i).into();
+            let key = ServiceKey::new("d", &format!("s{i}"));
+            view.services.insert(
+                key.clone(),
+                crate::state::ServiceView {
+                    key,
+                    ips: vec![ip],
+                    pool: "p".into(),
+                    local: false,
+                    ports: Vec::new(),
+                    ready_nodes: Default::default(),
+                    source_ranges: Vec::new(),
+                    affinity: None,
+                },
+            );
+            announced.insert(ip, "on eth0".to_string());
+        }
+        let mut r = Reporter::new(client, "n1", store);
+        r.set_view(&view);
+        r.ensure_conditions(&announced, Instant::now());
+        assert_eq!(r.writes.len(), MAX_WRITES);
+        r.publish(
+            announced
+                .keys()
+                .map(|ip| Notice { ip: *ip, warning: false, reason: "Announced", message: "m".into() })
+                .collect(),
+        );
+        assert_eq!(r.writes.len(), MAX_WRITES, "Events wait for a slot too");
+        assert_eq!(r.pending.len(), 100);
     }
 }

@@ -1,8 +1,10 @@
 //! The speaker's CPU while nothing changes (root; the lab): three nodes, a controller, `SERVICES`
 //! LoadBalancer Services with endpoints on every node (sharing `SERVICES / PER_ADDRESS`
-//! addresses, as many Services on few addresses do), and three speakers that announce and forward
-//! them. After the speakers settle, each one's CPU time (utime + stime from /proc) is read
-//! over an idle window. With `FERROLB_BASELINE_BIN_DIR` set to another build's binaries, its
+//! addresses, as many Services on few addresses do), and three speakers that announce them. The
+//! speakers run with `--forwarding none`: what is measured is their loop; the nftables read-back
+//! has a budget of its own (at most 5% of a core, docs/FORWARDING.md) that would drown it. After the speakers settle and no Service or Event has been written for 5 s (the
+//! conditions and Events of a start are done), each one's CPU time (utime + stime from /proc) is read over an
+//! idle window. With `FERROLB_BASELINE_BIN_DIR` set to another build's binaries, its
 //! speakers run in the same lab, alternating round by round with this build's, so both see the
 //! same noise and the ratio is side by side.
 //!
@@ -21,6 +23,8 @@ const SERVICES: usize = 2_000;
 const PER_ADDRESS: usize = 20;
 const ROUNDS: usize = 3;
 const SETTLE: Duration = Duration::from_secs(8);
+const QUIET: Duration = Duration::from_secs(5);
+const SETTLE_MAX: Duration = Duration::from_secs(90);
 const WINDOW: Duration = Duration::from_secs(20);
 
 /// Clock ticks per second of /proc's utime and stime (USER_HZ).
@@ -37,6 +41,27 @@ fn cpu_seconds(pid: u32) -> f64 {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let (utime, stime): (f64, f64) = (f[11].parse().unwrap_or(0.0), f[12].parse().unwrap_or(0.0));
     (utime + stime) / ticks_per_second()
+}
+
+/// Waits until no Service or Event has been written for `QUIET` (the speakers' conditions and
+/// Events after a start are done; Lease renewals go on), at most `SETTLE_MAX`.
+async fn wait_quiet(lab: &Lab) {
+    let started = Instant::now();
+    let writes = || {
+        let log = lab.api.shared().requests();
+        log.iter().filter(|r| r.method != "GET" && (r.path.contains("/services") || r.path.contains("/events"))).count()
+    };
+    let mut last = (writes(), Instant::now());
+    while started.elapsed() < SETTLE_MAX {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = writes();
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() >= QUIET {
+            return;
+        }
+    }
+    eprintln!("the API did not go quiet within {SETTLE_MAX:?}; measuring anyway");
 }
 
 /// Mean CPU share (percent of one core) of `speakers` over `WINDOW`.
@@ -91,9 +116,10 @@ async fn main() {
             if round % 2 == 0 { (0..builds.len()).collect() } else { (0..builds.len()).rev().collect() };
         for b in order {
             let mut speakers: Vec<Proc> = (0..lab.topology.nodes.len())
-                .map(|i| lab.start_speaker_from(&builds[b].1, i, &[]).expect("speaker"))
+                .map(|i| lab.start_speaker_from(&builds[b].1, i, &["--forwarding", "none"]).expect("speaker"))
                 .collect();
             tokio::time::sleep(SETTLE).await;
+            wait_quiet(&lab).await;
             let cpu = idle_cpu(&speakers).await;
             println!("round {round}: {:<10} {cpu:.2} % of a core per speaker", builds[b].0);
             results[b].push(cpu);
