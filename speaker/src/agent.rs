@@ -22,7 +22,7 @@ use crate::l2::interfaces::Choice;
 use crate::membership::liveness::{Liveness, Timings};
 use crate::membership::{lease, udp};
 use crate::metrics::Metrics;
-use crate::report::Reporter;
+use crate::report::{REWRITE_EVERY, Reporter};
 use crate::state::read;
 use crate::state::watch::Caches;
 
@@ -129,6 +129,8 @@ pub async fn run(
     let mut settled = false;
     let mut view = caches.view();
     let mut view_changed = true;
+    let mut conditions_checked: Option<Instant> = None;
+    let mut last_announced = vec![std::collections::BTreeMap::new(); announcers.len()];
     tokio::pin!(shutdown);
     loop {
         let mut ticked = false;
@@ -164,17 +166,27 @@ pub async fn run(
         if !settled {
             continue;
         }
-        if std::mem::take(&mut view_changed) {
+        let new_view = std::mem::take(&mut view_changed);
+        if new_view {
             reporter.set_view(&view);
             if let Some(d) = &driver {
                 d.set_view(&view);
             }
         }
-        for a in &mut announcers {
+        // Conditions are looked at when the Services or the announcements change, and otherwise
+        // once per rewrite interval (a rewrite is never due more often).
+        let recheck = new_view || conditions_checked.is_none_or(|t| now.saturating_duration_since(t) >= REWRITE_EVERY);
+        for (a, last) in announcers.iter_mut().zip(last_announced.iter_mut()) {
             a.tick(now);
             a.update(&view, &alive, now);
             reporter.publish(a.take_notices());
-            reporter.ensure_conditions(a.announced(), now);
+            if recheck || a.announced() != last {
+                reporter.ensure_conditions(a.announced(), now);
+                last.clone_from(a.announced());
+            }
+        }
+        if recheck {
+            conditions_checked = Some(now);
         }
     }
 
