@@ -683,3 +683,31 @@ async fn bodies_are_read_by_their_media_type() {
         assert!(text.contains("UnsupportedMediaType") && text.contains("application/json"), "{text}");
     }
 }
+
+#[tokio::test]
+async fn invalid_objects_get_kube_apiservers_422_details() {
+    let (server, client) = start().await;
+    install_ippool_crd(&client).await;
+    let pool = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "bad"},
+        "spec": {"addresses": ["198.51.100.0/24"], "priority": -1}});
+    let (code, text) =
+        common::raw_request(server.addr(), "POST", "/apis/ferrolb.io/v1alpha1/ippools", &pool.to_string()).await;
+    assert_eq!(code, 422, "{text}");
+    let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(status["reason"], "Invalid");
+    assert_eq!(
+        (&status["details"]["name"], &status["details"]["group"], &status["details"]["kind"]),
+        (&json!("bad"), &json!("ferrolb.io"), &json!("IPPool"))
+    );
+    assert_eq!(status["details"]["causes"][0]["field"], "spec.priority");
+    assert!(status["message"].as_str().unwrap().starts_with("IPPool.ferrolb.io \"bad\" is invalid: spec.priority"));
+    // A core kind: no group.
+    let svc = json!({"metadata": {"name": "bad-svc"}, "spec": {"type": "Nope", "ports": [{"port": 80}]}});
+    let (code, text) =
+        common::raw_request(server.addr(), "POST", "/api/v1/namespaces/default/services", &svc.to_string()).await;
+    assert_eq!(code, 422, "{text}");
+    let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(status["details"]["kind"], "Service");
+    assert!(status["details"].get("group").is_none(), "{status}");
+    assert_eq!(status["details"]["causes"][0]["field"], "spec.type");
+}

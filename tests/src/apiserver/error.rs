@@ -73,11 +73,18 @@ impl ApiError {
         let rendered: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
         let list = if rendered.len() == 1 { rendered[0].clone() } else { format!("[{}]", rendered.join(", ")) };
         let mut e = Self::new(422, "Invalid", format!("{kind_group} \"{name}\" is invalid: {list}"));
-        e.details = Some(json!({
+        // As kube-apiserver writes StatusDetails: the kind and the group apart (no group for core
+        // kinds), and each cause with the field path it concerns.
+        let (kind, group) = kind_group.split_once('.').unwrap_or((kind_group, ""));
+        let mut details = json!({
             "name": name,
-            "kind": kind_group,
+            "kind": kind,
             "causes": causes.iter().map(|c| json!({"reason": "FieldValueInvalid", "message": c.message, "field": c.field})).collect::<Vec<_>>(),
-        }));
+        });
+        if !group.is_empty() {
+            details["group"] = json!(group);
+        }
+        e.details = Some(details);
         e
     }
 
