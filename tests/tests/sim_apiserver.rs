@@ -711,3 +711,49 @@ async fn invalid_objects_get_kube_apiservers_422_details() {
     assert!(status["details"].get("group").is_none(), "{status}");
     assert_eq!(status["details"]["causes"][0]["field"], "spec.type");
 }
+
+#[tokio::test]
+async fn lists_by_resource_version_as_kube_apiserver_serves_them() {
+    let (server, client) = start().await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let cm = |name: &str| -> ConfigMap { serde_json::from_value(json!({"metadata": {"name": name}})).unwrap() };
+    api.create(&PostParams::default(), &cm("a")).await.unwrap();
+    let at: u64 = server.resource_version();
+    api.create(&PostParams::default(), &cm("b")).await.unwrap();
+    api.delete("a", &DeleteParams::default()).await.unwrap();
+    // Exact: the list as it was then.
+    let path = |rv: u64, exact: bool| {
+        format!(
+            "/api/v1/namespaces/default/configmaps?resourceVersion={rv}{}",
+            if exact { "&resourceVersionMatch=Exact" } else { "" }
+        )
+    };
+    let (code, text) = common::raw_request(server.addr(), "GET", &path(at, true), "").await;
+    assert_eq!(code, 200, "{text}");
+    let list: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let names: Vec<&str> =
+        list["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap()).collect();
+    assert_eq!((names, list["metadata"]["resourceVersion"].as_str()), (vec!["a"], Some(at.to_string().as_str())));
+    // Compacted away: 410.
+    server.shared().compact();
+    let (code, text) = common::raw_request(server.addr(), "GET", &path(at, true), "").await;
+    assert_eq!(code, 410, "{text}");
+    assert!(text.contains("too old"), "{text}");
+    // A version the server has not reached: it waits, then 504 Too large resource version.
+    let future = server.resource_version() + 1000;
+    let started = std::time::Instant::now();
+    let (code, text) = common::raw_request(server.addr(), "GET", &path(future, false), "").await;
+    assert_eq!(code, 504, "{text}");
+    assert!(text.contains("Too large resource version"), "{text}");
+    assert!(started.elapsed() >= Duration::from_secs(2), "it waited for the version first");
+    // One that arrives while it waits is served.
+    let soon = server.resource_version() + 1;
+    let waiting = tokio::spawn({
+        let addr = server.addr();
+        async move { common::raw_request(addr, "GET", &path(soon, false), "").await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    api.create(&PostParams::default(), &cm("c")).await.unwrap();
+    let (code, text) = waiting.await.unwrap();
+    assert_eq!(code, 200, "{text}");
+}

@@ -98,6 +98,15 @@ impl ApiError {
         Self::new(410, "Expired", message)
     }
 
+    /// 504 for a read at a resourceVersion the server did not reach in time.
+    pub fn too_large_resource_version(wanted: u64, current: u64) -> Self {
+        let mut e = Self::new(504, "Timeout", format!("Too large resource version: {wanted}, current: {current}"));
+        e.details =
+            Some(json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+            "retryAfterSeconds": 1}));
+        e
+    }
+
     /// 415 for a body or patch type we do not read.
     pub fn unsupported_media_type(message: impl Into<String>) -> Self {
         Self::new(415, "UnsupportedMediaType", message)

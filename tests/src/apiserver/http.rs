@@ -36,6 +36,29 @@ fn error_response(e: &ApiError) -> Response {
     json_response(e.code, &e.to_status())
 }
 
+/// How long a read waits for a resourceVersion the server has not reached (kube-apiserver: 3 s).
+const FUTURE_VERSION_WAIT: Duration = Duration::from_secs(3);
+
+/// A get or list at a `resourceVersion` newer than the server's waits for it, as kube-apiserver's
+/// watch cache does, and fails with 504 "Too large resource version" when it does not come.
+async fn read_not_before(
+    shared: &Shared,
+    method: &Method,
+    watch: bool,
+    query: &HashMap<String, String>,
+) -> ApiResult<()> {
+    let Some(wanted) = query.get("resourceVersion").and_then(|r| r.parse::<u64>().ok()) else { return Ok(()) };
+    if *method != Method::GET || watch || wanted == 0 {
+        return Ok(());
+    }
+    let mut changes = shared.changes.subscribe();
+    let reached = tokio::time::timeout(FUTURE_VERSION_WAIT, changes.wait_for(|rv| *rv >= wanted)).await;
+    if matches!(reached, Ok(Ok(_))) {
+        return Ok(());
+    }
+    Err(ApiError::too_large_resource_version(wanted, shared.lock().rv))
+}
+
 /// The single handler behind every path.
 pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let latency = shared.faults.latency_ms.load(Ordering::Relaxed);
@@ -51,12 +74,16 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
         form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
     let path = parts.uri.path().trim_end_matches('/').to_string();
     let user_agent = parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
-    if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
+    let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    if watch {
         let _ = shared.faults.watches_held.subscribe().wait_for(|held| !*held).await;
     }
-    let response = match route(&shared, &parts.method, &path, &query, &parts.headers, &body) {
-        Ok(r) => r,
+    let response = match read_not_before(&shared, &parts.method, watch, &query).await {
         Err(e) => error_response(&e),
+        Ok(()) => match route(&shared, &parts.method, &path, &query, &parts.headers, &body) {
+            Ok(r) => r,
+            Err(e) => error_response(&e),
+        },
     };
     let record = super::RequestRecord {
         method: parts.method.to_string(),
@@ -173,7 +200,12 @@ fn list_query(query: &HashMap<String, String>) -> ApiResult<ListQuery> {
         .map_err(ApiError::bad_request)?;
     let limit = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
     let continue_token = query.get("continue").filter(|c| !c.is_empty()).cloned();
-    Ok(ListQuery { labels, fields, limit, continue_token })
+    let resource_version = match query.get("resourceVersion").filter(|r| !r.is_empty()) {
+        Some(r) => Some(r.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {r:?}")))?),
+        None => None,
+    };
+    let exact = query.get("resourceVersionMatch").is_some_and(|m| m == "Exact");
+    Ok(ListQuery { labels, fields, limit, continue_token, resource_version, exact })
 }
 
 /// A create or replace body, read by its Content-Type as kube-apiserver does: JSON (also when no

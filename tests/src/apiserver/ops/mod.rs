@@ -95,6 +95,10 @@ pub struct ListQuery {
     pub limit: usize,
     /// `continue`.
     pub continue_token: Option<String>,
+    /// `resourceVersion` (0: any).
+    pub resource_version: Option<u64>,
+    /// `resourceVersionMatch=Exact`: the list as it was at `resource_version`.
+    pub exact: bool,
 }
 
 impl ListQuery {
