@@ -17,6 +17,7 @@ use super::responder::{Responder, Seen};
 use crate::announce::{Announcer, Notice};
 use crate::election;
 use crate::metrics::{AddressLabel, Metrics};
+use crate::report;
 use crate::state::View;
 
 /// How often the interfaces are looked at again (they come and go with pods and cables).
@@ -151,11 +152,12 @@ impl L2Announcer {
             self.metrics.replies.get_or_create(&label).set(rep as i64);
         }
         self.metrics.gratuitous.set(gratuitous as i64);
+        let place = |ifaces: Vec<String>| format!("on {}", ifaces.join(", "));
         for (ip, ifaces) in fresh {
-            let message = format!("{ip} announced by node {} on {}", self.node, ifaces.join(", "));
+            let message = report::announced_message(&ip, &self.node, &place(ifaces));
             self.notices.push(Notice { ip, warning: false, reason: "Announced", message });
         }
-        self.announced = on.into_iter().map(|(ip, ifaces)| (ip, format!("on {}", ifaces.join(", ")))).collect();
+        self.announced = on.into_iter().map(|(ip, ifaces)| (ip, place(ifaces))).collect();
     }
 }
 

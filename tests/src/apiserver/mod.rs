@@ -142,16 +142,18 @@ impl Shared {
 
     /// Fails the next `count` writes with `code` (500 or 429).
     pub fn fail_next_writes(&self, count: u32, code: u16) {
-        *self.faults.fail_only.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        self.faults.fail_code.store(code, Ordering::SeqCst);
-        self.faults.fail_writes.store(count, Ordering::SeqCst);
+        self.aim_write_faults(None, count, code);
     }
 
     /// Fails the next `count` writes to `resource` (`services`, or a subresource such as
     /// `services/status`) with `code`: a test aims the fault at one component's writes without
     /// failing its own set-up.
     pub fn fail_next_writes_to(&self, resource: &str, count: u32, code: u16) {
-        *self.faults.fail_only.lock().unwrap_or_else(|e| e.into_inner()) = Some(resource.to_string());
+        self.aim_write_faults(Some(resource.to_string()), count, code);
+    }
+
+    fn aim_write_faults(&self, only: Option<String>, count: u32, code: u16) {
+        *self.faults.fail_only.lock().unwrap_or_else(|e| e.into_inner()) = only;
         self.faults.fail_code.store(code, Ordering::SeqCst);
         self.faults.fail_writes.store(count, Ordering::SeqCst);
     }

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
@@ -108,12 +108,12 @@ where
 
 /// Keeps every selector Service's EndpointSlices current until the task is aborted: after any
 /// change of Services or Pods, each Service's slices are computed again from the caches, written
-/// where they differ, and the lab's slices that no Service wants any more are deleted.
+/// where they differ from what was last written, and the ones it wrote that no Service wants any
+/// more are deleted.
 pub async fn run(client: kube::Client) {
     let (services, svc_events) = store::<Service>(&client);
     let (pods, pod_events) = store::<Pod>(&client);
     let mut changes = std::pin::pin!(futures::stream::select(svc_events, pod_events));
-    let slices: Api<EndpointSlice> = Api::all(client.clone());
     let mut written: BTreeMap<(String, String), Value> = BTreeMap::new();
     while changes.next().await.is_some() {
         // Take whatever else is already there before working.
@@ -138,16 +138,18 @@ pub async fn run(client: kube::Client) {
                 written.insert((ns.clone(), name.clone()), slice.clone());
             }
         }
-        let lp = ListParams::default().labels(&format!("endpointslice.kubernetes.io/managed-by={MANAGED_BY}"));
-        if let Ok(list) = slices.list(&lp).await {
-            for s in list.items {
-                let key =
-                    (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default());
-                if !wanted.contains_key(&key) {
-                    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &key.0);
-                    let _ = api.delete(&key.1, &DeleteParams::default()).await;
-                    written.remove(&key);
-                }
+        // A lab starts empty, so every slice it manages is one it wrote: what it wrote and no
+        // Service wants any more is what to delete.
+        let stale: Vec<(String, String)> = written.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
+        for (ns, name) in stale {
+            let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+            let gone = match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => true,
+                Err(kube::Error::Api(s)) => s.code == 404,
+                Err(_) => false,
+            };
+            if gone {
+                written.remove(&(ns, name));
             }
         }
     }
