@@ -11,6 +11,8 @@ command -v nft >/dev/null || missing+=(nftables)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v curl >/dev/null || missing+=(curl)
 command -v kubectl >/dev/null || missing+=(kubectl)
+# promtool (Prometheus's own rule checker and unit tester) comes with Debian's prometheus package.
+command -v promtool >/dev/null || missing+=(prometheus)
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   apt-get update -qq

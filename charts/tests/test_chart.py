@@ -29,8 +29,18 @@ BIN = ROOT / "target" / "debug"
 NAMESPACE = "ferrolb-system"
 KUBERNETES = "1.33.0"
 # Kinds whose schema is not Kubernetes' own: IPPool is checked by sim-apiserver against our CRD,
-# ServiceMonitor belongs to the Prometheus Operator.
-CUSTOM_KINDS = {"IPPool", "ServiceMonitor"}
+# ServiceMonitor and PrometheusRule belong to the Prometheus Operator.
+CUSTOM_KINDS = {"IPPool", "ServiceMonitor", "PrometheusRule"}
+TESTS = pathlib.Path(__file__).parent
+DOCS = ROOT / "docs"
+
+
+def required(tool: str) -> str | None:
+    """The path of `tool`; a missing tool skips the test, or fails it under CI=true."""
+    path = shutil.which(tool)
+    if path is None and os.environ.get("CI") == "true":
+        raise AssertionError(f"{tool} is missing (CI=true): scripts/test.sh installs it")
+    return path
 
 
 def values_file(name: str) -> dict:
@@ -119,7 +129,7 @@ class Defaults(unittest.TestCase):
         self.assertEqual(volume["secret"]["secretName"], secret["metadata"]["name"])
 
     def test_nothing_optional_by_default(self):
-        for kind in ("ServiceMonitor", "IPPool"):
+        for kind in ("ServiceMonitor", "PrometheusRule", "ConfigMap", "IPPool"):
             self.assertEqual(of_kind(self.docs, kind), [], kind)
 
 
@@ -209,19 +219,97 @@ class KubernetesSchemas(unittest.TestCase):
                     kubernetes_validate.validate(doc, KUBERNETES, strict=True)
 
 
-# A stand-in for the Prometheus Operator's CRD, so that its objects can be stored too.
-SERVICE_MONITOR_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
-    "spec": {
-        "group": "monitoring.coreos.com",
-        "scope": "Namespaced",
-        "names": {"plural": "servicemonitors", "singular": "servicemonitor", "kind": "ServiceMonitor", "listKind": "ServiceMonitorList"},
-        "versions": [{"name": "v1", "served": True, "storage": True,
-                      "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
-    },
-}
+class Alerts(unittest.TestCase):
+    """The PrometheusRule, checked and unit-tested by Prometheus's own promtool."""
+
+    rule = of_kind(render({"prometheusRule": {"enabled": True, "labels": {"release": "prom"}}}), "PrometheusRule")[0]
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    unit_tests = yaml.safe_load((TESTS / "alerts-test.yaml").read_text())
+
+    def promtool(self, *args: str) -> str:
+        promtool = required("promtool")
+        if promtool is None:
+            self.skipTest("promtool is missing (Debian package prometheus)")
+        with tempfile.TemporaryDirectory() as d:
+            (pathlib.Path(d) / "rules.yaml").write_text(yaml.safe_dump(self.rule["spec"]))
+            shutil.copy(TESTS / "alerts-test.yaml", d)
+            done = subprocess.run([promtool, *args], cwd=d, capture_output=True, text=True)
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        return done.stdout
+
+    def test_the_rendered_rules_pass_promtool_check(self):
+        self.assertIn(f"SUCCESS: {len(self.alerts)} rules found", self.promtool("check", "rules", "rules.yaml"))
+
+    def test_every_alert_fires_and_stays_quiet_in_promtool_unit_tests(self):
+        self.promtool("test", "rules", "alerts-test.yaml")
+        fired, quiet = set(), set()
+        for t in self.unit_tests["tests"]:
+            for case in t.get("alert_rule_test", []):
+                (fired if case.get("exp_alerts") else quiet).add(case["alertname"])
+        names = {a["alert"] for a in self.alerts}
+        self.assertEqual(names - fired, set(), "alerts never shown firing")
+        self.assertEqual(names - quiet, set(), "alerts never shown quiet")
+
+    def test_every_alert_has_a_severity_and_a_runbook_section(self):
+        anchors = {
+            re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.+)$", (DOCS / "TROUBLESHOOTING.md").read_text(), re.M)
+        }
+        for a in self.alerts:
+            with self.subTest(alert=a["alert"]):
+                self.assertIn(a["labels"]["severity"], {"warning", "critical"})
+                url = a["annotations"]["runbook_url"]
+                self.assertTrue(url.startswith("https://github.com/ferrolb/ferrolb/blob/main/docs/TROUBLESHOOTING.md#"), url)
+                self.assertIn(url.split("#")[1], anchors)
+        self.assertEqual(self.rule["metadata"]["labels"]["release"], "prom")
+
+
+class Dashboard(unittest.TestCase):
+    """The Grafana dashboard ConfigMap and the JSON inside it."""
+
+    (configmap,) = of_kind(render(values_file("values-all.yaml")), "ConfigMap")
+    dashboard = json.loads(configmap["data"]["ferrolb.json"])
+
+    def test_the_sidecar_finds_it(self):
+        self.assertEqual(self.configmap["metadata"]["namespace"], "monitoring")
+        self.assertEqual(self.configmap["metadata"]["labels"]["grafana_dashboard"], "1")
+        self.assertEqual(self.configmap["metadata"]["annotations"], {"grafana_folder": "Network"})
+
+    def test_it_is_valid_for_the_schema_version_it_declares(self):
+        import jsonschema
+
+        version = self.dashboard["schemaVersion"]
+        schema = json.loads((TESTS / f"grafana-dashboard-v{version}.schema.json").read_text())
+        jsonschema.validate(self.dashboard, schema)
+
+    def test_panels_do_not_overlap_and_every_query_uses_the_chosen_data_source(self):
+        cells = {}
+        for p in self.dashboard["panels"]:
+            g = p["gridPos"]
+            for x in range(g["x"], g["x"] + g["w"]):
+                for y in range(g["y"], g["y"] + g["h"]):
+                    self.assertNotIn((x, y), cells, f"{p['title']} overlaps {cells.get((x, y))}")
+                    cells[(x, y)] = p["title"]
+            for t in p.get("targets", []):
+                self.assertEqual(t["datasource"], {"type": "prometheus", "uid": "${datasource}"}, p["title"])
+        ids = [p["id"] for p in self.dashboard["panels"]]
+        self.assertEqual(len(ids), len(set(ids)))
+
+
+def operator_crd(kind: str, plural: str) -> dict:
+    """A stand-in for one of the Prometheus Operator's CRDs, so that its objects can be stored too."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
+        "spec": {
+            "group": "monitoring.coreos.com",
+            "scope": "Namespaced",
+            "names": {"plural": plural, "singular": kind.lower(), "kind": kind, "listKind": f"{kind}List"},
+            "versions": [{"name": "v1", "served": True, "storage": True,
+                          "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
+        },
+    }
 
 
 class InSimApiServer(unittest.TestCase):
@@ -242,8 +330,10 @@ class InSimApiServer(unittest.TestCase):
             time.sleep(0.05)
         time.sleep(0.1)
         cls.kubectl("apply", "-f", str(CHART / "crds"))
-        cls.kubectl("apply", "-f", "-", input=json.dumps(SERVICE_MONITOR_CRD))
+        for kind, plural in (("ServiceMonitor", "servicemonitors"), ("PrometheusRule", "prometheusrules")):
+            cls.kubectl("apply", "-f", "-", input=json.dumps(operator_crd(kind, plural)))
         cls.namespace(NAMESPACE)
+        cls.namespace("monitoring")
 
     @classmethod
     def tearDownClass(cls):

@@ -8,7 +8,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Labels of the per-pool address gauge.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
     /// Pool name.
     pub pool: String,
@@ -19,14 +19,23 @@ pub struct PoolLabels {
 }
 
 /// Labels naming a pool.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabel {
     /// Pool name.
     pub pool: String,
 }
 
+/// Labels of the per-pool condition gauge.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConditionLabels {
+    /// Pool name.
+    pub pool: String,
+    /// Condition type: `Ready`, `Invalid` or `Conflicting`.
+    pub condition: String,
+}
+
 /// Labels naming a failure reason.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     /// Short reason (`pool_full`, `address_taken`, ...).
     pub reason: String,
@@ -41,6 +50,10 @@ pub struct Metrics {
     pub allocations: Family<PoolLabel, Counter>,
     /// Allocations that failed, per reason.
     pub failures: Family<ReasonLabel, Counter>,
+    /// 1 where a pool's condition is True, 0 where False.
+    pub pool_conditions: Family<ConditionLabels, Gauge>,
+    /// Services of ours that wait for an address.
+    pub pending: Gauge,
     /// Time to reconcile one Service.
     pub reconcile_duration: Histogram,
     /// 1 while this replica leads.
@@ -53,6 +66,8 @@ impl Default for Metrics {
             addresses: Family::default(),
             allocations: Family::default(),
             failures: Family::default(),
+            pool_conditions: Family::default(),
+            pending: Gauge::default(),
             reconcile_duration: Histogram::new([0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
             leader: Gauge::default(),
         }
@@ -66,10 +81,27 @@ impl Metrics {
         r.register("ferrolb_allocations", "Addresses handed out, per pool", self.allocations.clone());
         r.register("ferrolb_allocation_failures", "Failed allocations, per reason", self.failures.clone());
         r.register(
+            "ferrolb_pool_condition",
+            "1 where a pool's condition (Ready, Invalid, Conflicting) is True",
+            self.pool_conditions.clone(),
+        );
+        r.register("ferrolb_services_pending", "Services waiting for an address", self.pending.clone());
+        r.register(
             "ferrolb_reconcile_duration_seconds",
             "Time to reconcile one Service",
             self.reconcile_duration.clone(),
         );
         r.register("ferrolb_controller_leader", "1 while this replica is the leader", self.leader.clone());
+    }
+
+    /// Metrics with one series of empty label values per family, so that the generated
+    /// reference (docs/CONFIGURATION.md) shows every family's labels.
+    pub fn with_every_label() -> Self {
+        let m = Self::default();
+        let _ = m.addresses.get_or_create(&PoolLabels::default());
+        let _ = m.allocations.get_or_create(&PoolLabel::default());
+        let _ = m.failures.get_or_create(&ReasonLabel::default());
+        let _ = m.pool_conditions.get_or_create(&ConditionLabels::default());
+        m
     }
 }

@@ -32,6 +32,13 @@ impl Telemetry {
         Self { registry: Arc::new(registry), ready: Arc::new(AtomicBool::new(false)) }
     }
 
+    /// The registry in the OpenMetrics text format, as /metrics serves it.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut body = String::new();
+        prometheus_client::encoding::text::encode(&mut body, &self.registry)?;
+        Ok(body)
+    }
+
     /// Marks the process ready (or not) for /readyz.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
@@ -65,9 +72,8 @@ async fn readyz(State(t): State<Telemetry>) -> (StatusCode, &'static str) {
 }
 
 async fn render_metrics(State(t): State<Telemetry>) -> (StatusCode, [(&'static str, &'static str); 1], String) {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &t.registry) {
-        Ok(()) => {
+    match t.encode() {
+        Ok(body) => {
             (StatusCode::OK, [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
         }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, [("content-type", "text/plain")], e.to_string()),

@@ -144,10 +144,11 @@ pub async fn run(
             _ = &mut shutdown => break,
         }
         let peers = peers(&caches.leases);
+        metrics.registered.set(i64::try_from(peers.len()).unwrap_or(i64::MAX));
         if ticked {
             heartbeats.send(&socket, &peers, false).await;
         }
-        metrics.refused.set(i64::try_from(refused.total()).unwrap_or(i64::MAX));
+        crate::metrics::raise_to(&metrics.refused, refused.total());
         let now = Instant::now();
         let alive = {
             let mut l = liveness.lock().unwrap_or_else(|e| e.into_inner());

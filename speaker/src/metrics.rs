@@ -7,7 +7,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// Labels naming an address.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AddressLabel {
     /// The address.
     pub address: String,
@@ -20,18 +20,20 @@ pub struct Metrics {
     pub announced: Gauge,
     /// Live peers (this node included).
     pub peers: Gauge,
+    /// Speakers with a fresh Lease (this node included): what `peers` should reach.
+    pub registered: Gauge,
     /// Requests for our addresses received, per address.
-    pub requests: Family<AddressLabel, Gauge>,
+    pub requests: Family<AddressLabel, Counter>,
     /// Replies sent, per address.
-    pub replies: Family<AddressLabel, Gauge>,
+    pub replies: Family<AddressLabel, Counter>,
     /// Gratuitous frames sent.
-    pub gratuitous: Gauge,
+    pub gratuitous: Counter,
     /// Changes of what this node announces.
     pub election_changes: Counter,
     /// Other hosts answering for our addresses.
     pub conflicts: Counter,
     /// Heartbeats refused (forged, replayed, stale, malformed).
-    pub refused: Gauge,
+    pub refused: Counter,
     /// nftables transactions applied.
     pub nft_applies: Counter,
     /// Times the table was found changed by someone else and put back.
@@ -42,11 +44,25 @@ pub struct Metrics {
     pub firewall_blocking: Gauge,
 }
 
+/// Raises `counter` to `total`, a count kept elsewhere (a responder thread's, the replay
+/// guard's); a total that fell (a closed responder took its counts along) adds nothing.
+pub fn raise_to(counter: &Counter, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
+    }
+}
+
 impl Metrics {
     /// Registers every metric under `ferrolb_speaker_`.
     pub fn register(&self, r: &mut Registry) {
         r.register("ferrolb_speaker_announced_addresses", "Addresses this node announces", self.announced.clone());
         r.register("ferrolb_speaker_live_peers", "Live speakers, this one included", self.peers.clone());
+        r.register(
+            "ferrolb_speaker_registered_peers",
+            "Speakers with a fresh Lease, this one included; live_peers below it means one is not heard",
+            self.registered.clone(),
+        );
         r.register("ferrolb_speaker_requests", "ARP/NDP requests received, per address", self.requests.clone());
         r.register("ferrolb_speaker_replies", "ARP/NDP replies sent, per address", self.replies.clone());
         r.register(
@@ -85,5 +101,14 @@ impl Metrics {
             "Chains of other tables whose drop policy blocks forwarded or NodePort traffic",
             self.firewall_blocking.clone(),
         );
+    }
+
+    /// Metrics with one series of empty label values per family, so that the generated
+    /// reference (docs/CONFIGURATION.md) shows every family's labels.
+    pub fn with_every_label() -> Self {
+        let m = Self::default();
+        let _ = m.requests.get_or_create(&AddressLabel::default());
+        let _ = m.replies.get_or_create(&AddressLabel::default());
+        m
     }
 }

@@ -1,11 +1,12 @@
 //! docs/CONFIGURATION.md is generated from the sources of truth — the IPPool CRD's schema (the Rust
-//! types), the annotation names, both binaries' `--help`, and the chart's values.yaml — and this
+//! types), the annotation names, both binaries' `--help` and metrics, and the chart's values.yaml — and this
 //! test fails when the file drifts from them. `FERROLB_BLESS=1 cargo test -p ferrolb-tests --test
 //! reference` rewrites it.
 
 use std::fmt::Write as _;
 
 use ferrolb_crds::annotations::{self, ALLOCATED_FROM, ANNOUNCED_CONDITION, EXCLUDE_FROM_LB_LABEL};
+use ferrolb_process::telemetry::Telemetry;
 use ferrolb_tests::lab::processes;
 use kube::CustomResourceExt;
 use serde_json::Value;
@@ -35,6 +36,44 @@ fn help(binary: &str) -> String {
     let path = processes::binary(binary).expect("the binaries are built (cargo build --workspace)");
     let out = std::process::Command::new(path).arg("--help").output().unwrap();
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// One row per metric family of `telemetry`: the name users query, type, labels, help.
+fn metrics(out: &mut String, telemetry: &Telemetry) {
+    struct Row {
+        name: String,
+        ty: String,
+        labels: Vec<String>,
+        help: String,
+    }
+    let text = telemetry.encode().unwrap();
+    let mut rows: Vec<Row> = Vec::new();
+    for line in text.lines().filter(|l| *l != "# EOF") {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap();
+            rows.push(Row { name: name.into(), ty: String::new(), labels: Vec::new(), help: help.into() });
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            rows.last_mut().unwrap().ty = rest.split_once(' ').unwrap().1.into();
+        } else if let Some(row) = rows.last_mut() {
+            // The first sample names what users query: a counter's `_total`, a histogram's series.
+            let series = line.split([' ', '{']).next().unwrap();
+            if row.ty == "counter" {
+                row.name = series.to_string();
+            }
+            if let Some((_, labels)) = line.split_once('{') {
+                for (k, _) in labels.split(',').filter_map(|l| l.split_once('=')) {
+                    if k != "le" && !row.labels.iter().any(|l| l == k) {
+                        row.labels.push(k.to_string());
+                    }
+                }
+            }
+        }
+    }
+    out.push_str("| metric | type | labels | meaning |\n|---|---|---|---|\n");
+    for r in rows {
+        let labels: Vec<String> = r.labels.iter().map(|l| format!("`{l}`")).collect();
+        let _ = writeln!(out, "| `{}` | {} | {} | {} |", r.name, r.ty, labels.join(", "), r.help);
+    }
 }
 
 fn generate() -> String {
@@ -74,6 +113,15 @@ fn generate() -> String {
     ] {
         let _ = write!(out, "\n## {what} (`{binary} --help`)\n\n```text\n{}```\n", help(binary));
     }
+    out.push_str(
+        "\n## Metrics\n\nServed on `/metrics` of each binary's metrics port (the chart's `*.metrics` values). The speaker's\n\
+         series carry no node label: Prometheus's `instance` (the node's address, the speaker runs in the\n\
+         host network) or `pod` tells the nodes apart. The alerts and the dashboard use only these names\n\
+         (a lab test checks them against the running binaries).\n\n### Controller\n\n",
+    );
+    metrics(&mut out, &Telemetry::new(|r| ferrolb_controller::metrics::Metrics::with_every_label().register(r)));
+    out.push_str("\n### Speaker\n\n");
+    metrics(&mut out, &Telemetry::new(|r| ferrolb_speaker::metrics::Metrics::with_every_label().register(r)));
     let values =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/ferrolb/values.yaml")).unwrap();
     let _ = write!(

@@ -101,10 +101,10 @@ async fn one_node_answers_and_another_takes_over_when_it_dies() {
     let ns_w = lab.topology.nodes.iter().find(|n| n.name == winner).unwrap().namespace.clone();
     let metrics = probe::speaker_metrics(&ns_w).await.unwrap_or_default();
     let value = |name: &str| probe::metric(&metrics, name).unwrap_or(-1.0);
-    assert!(value(&format!("ferrolb_speaker_requests{{address=\"{v4}\"}}")) >= 3.0, "{metrics}");
-    assert!(value(&format!("ferrolb_speaker_replies{{address=\"{v4}\"}}")) >= 3.0, "{metrics}");
+    assert!(value(&format!("ferrolb_speaker_requests_total{{address=\"{v4}\"}}")) >= 3.0, "{metrics}");
+    assert!(value(&format!("ferrolb_speaker_replies_total{{address=\"{v4}\"}}")) >= 3.0, "{metrics}");
     assert_eq!(value("ferrolb_speaker_live_peers"), 3.0, "{metrics}");
-    assert!(value("ferrolb_speaker_gratuitous") >= 2.0, "{metrics}");
+    assert!(value("ferrolb_speaker_gratuitous_total") >= 2.0, "{metrics}");
     assert!(value("ferrolb_speaker_announced_addresses") >= 1.0, "{metrics}");
     // Nobody answers for an address that is not allocated.
     let free: std::net::Ipv4Addr = "198.51.100.209".parse().unwrap();
@@ -260,7 +260,7 @@ async fn forged_heartbeats_are_ignored_and_a_foreign_answer_raises_a_conflict_ev
     assert_eq!(probe::mac_text(macs.iter().next().unwrap()), mac_of(&lab, &winner), "a forged leave moved the address");
     let other = lab.topology.nodes.iter().find(|n| n.name != winner).unwrap().namespace.clone();
     let metrics = probe::speaker_metrics(&other).await.unwrap_or_default();
-    let refused = probe::metric(&metrics, "ferrolb_speaker_heartbeats_refused").unwrap_or(0.0);
+    let refused = probe::metric(&metrics, "ferrolb_speaker_heartbeats_refused_total").unwrap_or(0.0);
     assert!(refused >= 5.0, "forged heartbeats were not counted: {metrics}");
 
     // A foreign host keeps claiming the address (as a misconfigured host answering ARP does):

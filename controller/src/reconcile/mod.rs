@@ -28,7 +28,7 @@ use self::queue::{Queue, WriteResult};
 use self::service::Handling;
 use self::watch::{Kind, Trigger};
 use crate::allocator::Allocator;
-use crate::metrics::{Metrics, PoolLabel, PoolLabels, ReasonLabel};
+use crate::metrics::{ConditionLabels, Metrics, PoolLabel, PoolLabels, ReasonLabel};
 
 /// What the leader needs.
 #[derive(Clone)]
@@ -193,6 +193,7 @@ impl Reconciler {
             None => {
                 self.pool_errors.remove(name);
                 self.ctx.metrics.addresses.clear();
+                self.ctx.metrics.pool_conditions.clear();
                 self.alloc.remove_pool(name)
             }
         }
@@ -272,6 +273,7 @@ impl Reconciler {
         } else {
             self.waiting.remove(key);
         }
+        self.ctx.metrics.pending.set(i64::try_from(self.waiting.len()).unwrap_or(i64::MAX));
         match &d.failure {
             Some(f) => {
                 self.ctx.metrics.failures.get_or_create(&ReasonLabel { reason: f.reason.into() }).inc();
@@ -355,6 +357,10 @@ impl Reconciler {
                     let labels = PoolLabels { pool: name.clone(), family: family.into(), state: state.into() };
                     self.ctx.metrics.addresses.get_or_create(&labels).set(i64::try_from(n).unwrap_or(i64::MAX));
                 }
+            }
+            for c in &status.conditions {
+                let labels = ConditionLabels { pool: name.clone(), condition: c.type_.clone() };
+                self.ctx.metrics.pool_conditions.get_or_create(&labels).set(i64::from(c.status == "True"));
             }
             if pool_status::differs(pool.status.as_ref(), &status) {
                 let (client, manager) = (self.ctx.client.clone(), self.ctx.field_manager.clone());

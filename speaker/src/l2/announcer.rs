@@ -16,7 +16,7 @@ use super::interfaces::{self, Choice, Interface};
 use super::responder::{Responder, Seen};
 use crate::announce::{Announcer, Notice};
 use crate::election;
-use crate::metrics::{AddressLabel, Metrics};
+use crate::metrics::{self, AddressLabel, Metrics};
 use crate::report;
 use crate::state::View;
 
@@ -148,10 +148,10 @@ impl L2Announcer {
         }
         for (ip, (req, rep)) in per_address {
             let label = AddressLabel { address: ip.to_string() };
-            self.metrics.requests.get_or_create(&label).set(req as i64);
-            self.metrics.replies.get_or_create(&label).set(rep as i64);
+            metrics::raise_to(&self.metrics.requests.get_or_create(&label), req);
+            metrics::raise_to(&self.metrics.replies.get_or_create(&label), rep);
         }
-        self.metrics.gratuitous.set(gratuitous as i64);
+        metrics::raise_to(&self.metrics.gratuitous, gratuitous);
         let place = |ifaces: Vec<String>| format!("on {}", ifaces.join(", "));
         for (ip, ifaces) in fresh {
             let message = report::announced_message(&ip, &self.node, &place(ifaces));

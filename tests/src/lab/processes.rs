@@ -1,6 +1,7 @@
 //! The cluster inside the lab: Node objects matching the namespaces (what kubelets would write),
 //! the controller on the host, and one speaker per node inside its namespace.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
@@ -13,6 +14,7 @@ use serde_json::json;
 
 use super::Lab;
 use super::netns::LabError;
+use super::probe::SPEAKER_METRICS;
 
 /// A binary built next to the running one (`cargo build --workspace` builds them all), or in
 /// `FERROLB_BIN_DIR` when set (benches run another build side by side this way).
@@ -37,6 +39,8 @@ pub fn binary(name: &str) -> Result<PathBuf, LabError> {
 pub struct Proc {
     /// The child.
     pub child: Child,
+    /// Where it serves /metrics (in its own network namespace).
+    pub metrics: SocketAddr,
 }
 
 impl Proc {
@@ -128,6 +132,8 @@ impl Lab {
     /// Starts the controller on the host.
     pub fn start_controller(&self) -> Result<Proc, LabError> {
         let log = std::fs::File::create(self.dir.join("controller.log"))?;
+        // A port free now: labs run side by side on the host, so no fixed port will do.
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let child = Command::new(binary("ferrolb-controller")?)
             .args([
                 "--kubeconfig",
@@ -137,10 +143,10 @@ impl Lab {
                 "--identity",
                 "lab",
             ])
-            .args(["--metrics-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0"])
+            .args(["--metrics-addr", &metrics.to_string(), "--health-addr", "127.0.0.1:0"])
             .stdout(Stdio::from(log))
             .spawn()?;
-        Ok(Proc { child })
+        Ok(Proc { child, metrics })
     }
 
     /// Starts the speaker of node `i` (0-based) inside its namespace, with `extra` flags
@@ -158,11 +164,11 @@ impl Lab {
             .arg(bin)
             .args(["--kubeconfig", &self.node_kubeconfig().to_string_lossy(), "--node-name", &node.name])
             .args(["--namespace", "ferrolb-system", "--peer-port", "7946"])
-            .args(["--metrics-addr", "127.0.0.1:7474", "--health-addr", "127.0.0.1:7474"])
+            .args(["--metrics-addr", SPEAKER_METRICS, "--health-addr", SPEAKER_METRICS])
             .args(extra)
             .stdout(Stdio::from(log))
             .spawn()?;
-        Ok(Proc { child })
+        Ok(Proc { child, metrics: SPEAKER_METRICS.parse().expect("a socket address") })
     }
 }
 
