@@ -1,50 +1,57 @@
 # syntax=docker/dockerfile:1
-# ferrolb's two images from one build, each a target of this file:
+# ferrolb's two images, for builders with registry access:
 #
 #   docker build --target controller -t ghcr.io/ferrolb/ferrolb-controller:0.1.0 .
 #   docker build --target speaker    -t ghcr.io/ferrolb/ferrolb-speaker:0.1.0 .
 #
-# The binaries are built from this repository's workspace with `--locked`, the same crates and
-# code the tests build (they run debug builds of the host's target; these are release builds).
-# No container engine runs on the project's own machines: this file is checked by reading.
+# Without a registry, scripts/images.sh builds the same two images with podman: it runs the same
+# root-filesystem script (scripts/image-rootfs.sh, the one list of what each image holds) on the
+# same Debian release and builds the stages below "the images" from this file.
 
 ARG RUST_VERSION=1.95
 
-FROM rust:${RUST_VERSION}-bookworm AS build
+# The binaries (the `image` profile: release, LTO, no symbols) and both root filesystems, from
+# Debian 12's packages as on the machines that build with podman.
+FROM rust:${RUST_VERSION}-bookworm AS rootfs
 RUN apt-get update \
- && apt-get install -y --no-install-recommends musl-tools \
- && rm -rf /var/lib/apt/lists/* \
- && rustup target add x86_64-unknown-linux-musl
+ && apt-get install -y --no-install-recommends nftables bird2 ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-# The controller and the CLI: static (musl), for a scratch-like base.
-RUN cargo build --release --locked --target x86_64-unknown-linux-musl -p ferrolb-controller -p ferrolb-cli
-# The speaker: glibc, because it loads libnftables at run time (dlopen), as the nft command does.
-RUN cargo build --release --locked -p ferrolb-speaker
+RUN cargo build --profile image --locked -p ferrolb-cli -p ferrolb-speaker \
+ && scripts/image-rootfs.sh controller target/image /rootfs/controller \
+ && scripts/image-rootfs.sh speaker target/image /rootfs/speaker
 
-# nft and the libraries it (and libnftables) needs, from Debian 12 like the speaker's base; glibc
-# itself stays the base image's.
-FROM debian:bookworm-slim AS nft
-RUN apt-get update \
- && apt-get install -y --no-install-recommends nftables \
- && rm -rf /var/lib/apt/lists/* \
- && mkdir -p /out \
- && for f in /usr/sbin/nft $(ldd /usr/sbin/nft | awk '/=>/ {print $3}' | grep -Ev '/(libc|libm|libpthread|libdl|ld-linux[^/]*)\.so'); do \
-      cp --parents -L "$f" /out; \
-    done
+# ---- the images (scripts/images.sh builds these stages, reading /rootfs from its build context) ----
 
-# Controller: static binary, no shell, non-root (65532).
-FROM gcr.io/distroless/static-debian12:nonroot AS controller
-COPY --from=build /src/target/x86_64-unknown-linux-musl/release/ferrolb-controller /ferrolb-controller
-COPY --from=build /src/target/x86_64-unknown-linux-musl/release/ferrolb /ferrolb
+# Controller (and the ferrolb CLI): no shell, non-root.
+FROM scratch AS controller
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=1970-01-01T00:00:00Z
+COPY --from=rootfs /rootfs/controller/ /
 USER 65532:65532
 ENTRYPOINT ["/ferrolb-controller"]
+LABEL org.opencontainers.image.title="ferrolb-controller" \
+      org.opencontainers.image.description="ferrolb's controller: hands out LoadBalancer addresses from IPPools; also carries the ferrolb CLI" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.source="https://github.com/ferrolb/ferrolb" \
+      org.opencontainers.image.licenses="Apache-2.0"
 
-# Speaker: glibc base without a shell, plus nft and libnftables. It runs as root with only
-# NET_RAW and NET_ADMIN (the chart drops every other capability).
-FROM gcr.io/distroless/cc-debian12 AS speaker
-COPY --from=nft /out/ /
-# distroless has no ldconfig cache entry for the copied libraries: name their directories.
-ENV LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu
-COPY --from=build /src/target/release/ferrolb-speaker /ferrolb-speaker
+# Speaker: nft/libnftables and BIRD 2 beside it, no shell. It runs as root with only NET_RAW and
+# NET_ADMIN (the chart drops every other capability).
+FROM scratch AS speaker
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=1970-01-01T00:00:00Z
+COPY --from=rootfs /rootfs/speaker/ /
 ENTRYPOINT ["/ferrolb-speaker"]
+LABEL org.opencontainers.image.title="ferrolb-speaker" \
+      org.opencontainers.image.description="ferrolb's speaker: announces LoadBalancer addresses (ARP/NDP) and forwards them with nftables; carries BIRD 2 for BGP mode" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.source="https://github.com/ferrolb/ferrolb" \
+      org.opencontainers.image.licenses="Apache-2.0"

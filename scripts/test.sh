@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: formatting, clippy, the build, and all tests (unit, property,
-# sim-apiserver, kubectl, binaries, the root/netns lab suites, the Helm chart). Debian, as root.
+# sim-apiserver, kubectl, binaries, the root/netns lab suites, the Helm chart, the alerts with
+# promtool, the images built and started with podman). Debian, as root.
 # Installs what it needs. Under CI=true, tests whose prerequisites are missing fail instead of
 # skipping.
 set -euo pipefail
@@ -13,6 +14,8 @@ command -v curl >/dev/null || missing+=(curl)
 command -v kubectl >/dev/null || missing+=(kubectl)
 # promtool (Prometheus's own rule checker and unit tester) comes with Debian's prometheus package.
 command -v promtool >/dev/null || missing+=(prometheus)
+# containerd's ctr imports the image archives as k3s and kind do.
+command -v containerd >/dev/null || missing+=(containerd)
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   apt-get update -qq
@@ -37,4 +40,6 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --all-targets
 cargo test --workspace --no-fail-fast
+# The images, built as a user builds them (podman, no registry), for the image tests below.
+bash scripts/images.sh target/images
 python3 -m unittest discover -s charts/tests -v

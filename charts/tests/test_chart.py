@@ -312,9 +312,9 @@ def operator_crd(kind: str, plural: str) -> dict:
     }
 
 
-class InSimApiServer(unittest.TestCase):
-    """The rendered objects stored by sim-apiserver (our kube-apiserver double) through kubectl, and
-    the chart installed and upgraded there by Helm itself."""
+class SimApiServerCase(unittest.TestCase):
+    """Tests against a sim-apiserver (our kube-apiserver double) of their own, with ferrolb's and
+    the Prometheus Operator's CRDs and ferrolb's namespace."""
 
     @classmethod
     def setUpClass(cls):
@@ -354,6 +354,11 @@ class InSimApiServer(unittest.TestCase):
         if done.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)}: {done.stderr}")
         return done.stdout
+
+
+class InSimApiServer(SimApiServerCase):
+    """The rendered objects stored by sim-apiserver through kubectl, and the chart installed and
+    upgraded there by Helm itself."""
 
     def test_rendered_objects_load_with_kubectl(self):
         docs = render(values_file("values-all.yaml")) + render({"pools": [{"name": "lan", "addresses": ["198.51.100.0/28"]}]})

@@ -99,8 +99,18 @@ async fn run(args: Args) -> Result<ExitCode, String> {
     }
 }
 
+fn main() -> ExitCode {
+    // Called as `ferrolb-controller` (the controller image links that name to this executable):
+    // be the controller. One executable for both keeps that image small.
+    let called = std::env::args_os().next().map(PathBuf::from);
+    if called.as_deref().and_then(|p| p.file_name()).is_some_and(|n| n == "ferrolb-controller") {
+        return ferrolb_controller::command::main();
+    }
+    cli()
+}
+
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
+async fn cli() -> ExitCode {
     match run(Args::parse()).await {
         Ok(code) => code,
         Err(e) => {

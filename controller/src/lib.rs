@@ -1,6 +1,7 @@
 //! ferrolb's controller: IP address management for LoadBalancer Services.
 
 pub mod allocator;
+pub mod command;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;

@@ -154,3 +154,22 @@ async fn the_sim_apiserver_binary_writes_a_working_kubeconfig() {
     assert!(names.contains(&"default".to_string()) && names.contains(&"kube-system".to_string()), "{names:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The controller image ships one executable under two names: `ferrolb`, called as
+/// `ferrolb-controller`, is the controller.
+#[test]
+fn the_cli_called_as_ferrolb_controller_is_the_controller() {
+    let dir = std::env::temp_dir().join(format!("ferrolb-multicall-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let link = dir.join("ferrolb-controller");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(common::workspace_binary("ferrolb"), &link).unwrap();
+    let help =
+        |bin: &std::path::Path| String::from_utf8(Command::new(bin).arg("--help").output().unwrap().stdout).unwrap();
+    let as_controller = help(&link);
+    let as_cli = help(&common::workspace_binary("ferrolb"));
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(as_controller, help(&common::workspace_binary("ferrolb-controller")));
+    assert!(as_controller.contains("--leader-lease-seconds"), "{as_controller}");
+    assert!(as_cli.contains("migrate"), "{as_cli}");
+}
