@@ -65,9 +65,14 @@ pub struct IPPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_allocation: Option<ServiceAllocation>,
 
-    /// How the pool's addresses are announced; announced from every eligible node when omitted.
+    /// Layer-2 (ARP/NDP) announcement from one elected node; on when neither `l2` nor an
+    /// enabled `bgp` is given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub l2: Option<L2Settings>,
+
+    /// BGP advertisement from every eligible node (ECMP at the router); off unless enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<BgpSettings>,
 }
 
 fn default_true() -> bool {
@@ -109,6 +114,56 @@ pub struct L2Settings {
 impl Default for L2Settings {
     fn default() -> Self {
         Self { enabled: true, node_selector: None, interfaces: Vec::new() }
+    }
+}
+
+/// A BGP community: `ASN:value` (two 16-bit numbers), a large community `a:b:c` (three 32-bit
+/// numbers), or a well-known name.
+pub const COMMUNITY_PATTERN: &str = r"^([0-9]{1,5}:[0-9]{1,5}|[0-9]{1,10}:[0-9]{1,10}:[0-9]{1,10}|no-export|no-advertise|no-export-subconfed|no-peer|blackhole|graceful-shutdown)$";
+
+/// BGP advertisement settings of a pool.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BgpSettings {
+    /// Advertise this pool's addresses over BGP.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Only nodes with these labels advertise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+    /// Which BGPPeers receive the routes (by their labels); every peer when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_selector: Option<LabelSelector>,
+    /// Communities attached to the routes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(regex(pattern = COMMUNITY_PATTERN)))]
+    pub communities: Vec<String>,
+    /// LOCAL_PREF of the routes (iBGP sessions only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_pref: Option<u32>,
+    /// Advertise the prefix of this length that holds each IPv4 address instead of the /32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 32))]
+    pub aggregation_length: Option<u8>,
+    /// Advertise the prefix of this length that holds each IPv6 address instead of the /128.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 128))]
+    pub aggregation_length_v6: Option<u8>,
+}
+
+impl IPPoolSpec {
+    /// Whether the pool is announced over ARP/NDP: as `l2` says, or, when `l2` is omitted, unless
+    /// BGP is enabled.
+    pub fn l2_enabled(&self) -> bool {
+        match &self.l2 {
+            Some(l2) => l2.enabled,
+            None => !self.bgp_enabled(),
+        }
+    }
+
+    /// Whether the pool is advertised over BGP.
+    pub fn bgp_enabled(&self) -> bool {
+        self.bgp.as_ref().is_some_and(|b| b.enabled)
     }
 }
 
@@ -201,6 +256,29 @@ mod tests {
         assert_eq!(spec.priority, None, "unset: after every pool that sets one");
         let l2: L2Settings = serde_json::from_value(serde_json::json!({})).unwrap();
         assert!(l2.enabled);
+        assert!(spec.l2_enabled() && !spec.bgp_enabled(), "L2 alone by default");
+    }
+
+    #[test]
+    fn bgp_alone_or_beside_l2() {
+        let spec = |extra: serde_json::Value| -> IPPoolSpec {
+            let mut v = serde_json::json!({"addresses": ["198.51.100.0/28"]});
+            v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            serde_json::from_value(v).unwrap()
+        };
+        let bgp = spec(serde_json::json!({"bgp": {"enabled": true}}));
+        assert!(bgp.bgp_enabled() && !bgp.l2_enabled(), "BGP alone when only bgp is given");
+        let both = spec(serde_json::json!({"bgp": {"enabled": true}, "l2": {}}));
+        assert!(both.bgp_enabled() && both.l2_enabled());
+        let off = spec(serde_json::json!({"bgp": {}}));
+        assert!(!off.bgp_enabled() && off.l2_enabled(), "bgp without enabled is off");
+        let re = regex::Regex::new(COMMUNITY_PATTERN).unwrap();
+        for ok in ["64512:100", "no-export", "4200000000:1:2"] {
+            assert!(re.is_match(ok), "{ok}");
+        }
+        for bad in ["64512", "a:b", "1:2:3:4", "no_export"] {
+            assert!(!re.is_match(bad), "{bad}");
+        }
     }
 
     #[test]

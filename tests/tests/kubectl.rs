@@ -161,3 +161,67 @@ async fn kubectl_creates_a_load_balancer_service_that_gets_a_cluster_ip_and_node
         .collect();
     assert_eq!(left, ["kubernetes"], "only the API server's own Service is left");
 }
+
+/// BGPPeers as users type them: accepted with the columns `kubectl get` shows, refused with the
+/// field and the reason when an ASN, an address, a timer or a password is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_applies_bgppeers_and_refuses_invalid_ones() {
+    let Some(bin) = common::kubectl() else { return };
+    let (server, _client) = common::start().await;
+    let k = Kubectl::new(bin, &server, "peers");
+    let crd = chart_crd().replace("ippools.ferrolb.io.yaml", "bgppeers.ferrolb.io.yaml");
+    k.ok(&["apply", "-f", &crd]).await;
+    k.ok(&["wait", "--for=condition=established", "crd/bgppeers.ferrolb.io", "--timeout=10s"]).await;
+    let peer = |name: &str, spec: &str| {
+        k.file(
+            &format!("{name}.yaml"),
+            &format!("apiVersion: ferrolb.io/v1alpha1\nkind: BGPPeer\nmetadata: {{name: {name}}}\nspec:\n  {spec}\n"),
+        )
+    };
+    let good = peer(
+        "tor-a",
+        "peerAddress: 192.0.2.1\n  peerASN: 64512\n  myASN: 64513\n  holdTime: 9s\n  keepaliveTime: 3s\n  passwordSecret: {name: tor-a-md5}\n  bfd: {receiveIntervalMs: 100, transmitIntervalMs: 100}",
+    );
+    assert!(k.ok(&["apply", "-f", &good]).await.contains("bgppeer.ferrolb.io/tor-a created"));
+    let v6 = peer("tor-b", "peerAddress: \"2001:db8::1\"\n  peerASN: 4200000000\n  myASN: 4200000000");
+    k.ok(&["apply", "-f", &v6]).await;
+    let table = k.ok(&["get", "bgppeers"]).await;
+    let header: Vec<&str> =
+        table.lines().next().unwrap().split("  ").map(str::trim).filter(|s| !s.is_empty()).collect();
+    assert_eq!(header, ["NAME", "ADDRESS", "ASN", "ESTABLISHED", "SELECTED", "READY", "AGE"], "{table}");
+    assert!(table.contains("192.0.2.1") && table.contains("64512") && table.contains("2001:db8::1"), "{table}");
+    assert_eq!(k.ok(&["get", "bgpp", "tor-a", "-o", "jsonpath={.spec.port}"]).await, "179");
+
+    for (name, spec, expect) in [
+        ("asn0", "peerAddress: 192.0.2.1\n  peerASN: 0\n  myASN: 1", "spec.peerASN: Invalid value: 0"),
+        ("asnbig", "peerAddress: 192.0.2.1\n  peerASN: 4294967296\n  myASN: 1", "spec.peerASN"),
+        ("addr", "peerAddress: 192.0.2.300\n  peerASN: 1\n  myASN: 1", "must be an IPv4 or IPv6 address"),
+        (
+            "hold",
+            "peerAddress: 192.0.2.1\n  peerASN: 1\n  myASN: 1\n  holdTime: 2s",
+            "must be 0s, or between 3s and 65535s",
+        ),
+        (
+            "keepalive",
+            "peerAddress: 192.0.2.1\n  peerASN: 1\n  myASN: 1\n  holdTime: 9s\n  keepaliveTime: 10s",
+            "keepaliveTime must be shorter than holdTime",
+        ),
+        ("duration", "peerAddress: 192.0.2.1\n  peerASN: 1\n  myASN: 1\n  holdTime: soon", "spec.holdTime"),
+        (
+            "bfd",
+            "peerAddress: 192.0.2.1\n  peerASN: 1\n  myASN: 1\n  bfd: {detectMultiplier: 1}",
+            "spec.bfd.detectMultiplier",
+        ),
+        (
+            "inline",
+            "peerAddress: 192.0.2.1\n  peerASN: 1\n  myASN: 1\n  password: hunter2",
+            "unknown field \"spec.password\"",
+        ),
+    ] {
+        let (ok, out, err) = k.run(&["apply", "-f", &peer(name, spec)]).await;
+        assert!(!ok, "{name} was accepted: {out}");
+        assert!(err.contains(expect), "{name}: expected {expect:?} in {err}");
+    }
+    let (_, out, _) = k.run(&["get", "bgpp", "-o", "name"]).await;
+    assert_eq!(out.trim(), "bgppeer.ferrolb.io/tor-a\nbgppeer.ferrolb.io/tor-b", "refused peers are not stored");
+}

@@ -79,7 +79,7 @@ fn metrics(out: &mut String, telemetry: &Telemetry) {
 fn generate() -> String {
     let mut out = String::from(
         "# Configuration reference\n\n\
-         Generated from the code by `tests/tests/reference.rs` (the IPPool types, the annotation names,\n\
+         Generated from the code by `tests/tests/reference.rs` (the IPPool and BGPPeer types, the annotation names,\n\
          the binaries' `--help`, the chart's values.yaml); a test fails when this file drifts from them.\n\
          Decisions and examples are in [API.md](API.md) and [ALLOCATION.md](ALLOCATION.md).\n\n",
     );
@@ -88,6 +88,12 @@ fn generate() -> String {
     out.push_str("## IPPool (`ferrolb.io/v1alpha1`, cluster-scoped)\n\n| field | type | default | meaning |\n|---|---|---|---|\n");
     fields(&mut out, "spec", &schema["properties"]["spec"]);
     out.push_str("\nStatus (written by the controller):\n\n| field | type | default | meaning |\n|---|---|---|---|\n");
+    fields(&mut out, "status", &schema["properties"]["status"]);
+    let crd = serde_json::to_value(ferrolb_crds::BGPPeer::crd()).unwrap();
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    out.push_str("\n## BGPPeer (`ferrolb.io/v1alpha1`, cluster-scoped)\n\n| field | type | default | meaning |\n|---|---|---|---|\n");
+    fields(&mut out, "spec", &schema["properties"]["spec"]);
+    out.push_str("\nStatus (each node's entry written by its speaker; counts and Ready by the controller):\n\n| field | type | default | meaning |\n|---|---|---|---|\n");
     fields(&mut out, "status", &schema["properties"]["status"]);
 
     out.push_str("\n## Service annotations, labels and conditions\n\n| name | set by | meaning | also read |\n|---|---|---|---|\n");
