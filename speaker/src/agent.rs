@@ -2,7 +2,7 @@
 //! reporter and the forwarding driver, and the loop that feeds them — the view when the caches
 //! change, liveness on every heartbeat tick. On shutdown the addresses are handed over first.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,6 +16,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::announce::Announcer;
+use crate::bgp::announcer::{BgpAnnouncer, Daemon};
+use crate::bgp::driver;
 use crate::forwarding::driver::Driver;
 use crate::l2::announcer::L2Announcer;
 use crate::l2::interfaces::Choice;
@@ -45,6 +47,17 @@ pub struct Config {
     pub forwarding: bool,
     /// Interfaces never announced on unless a pool names them (`--exclude-interfaces`).
     pub exclude_interfaces: Vec<String>,
+    /// BGP mode, when on (`--bgp bird|external`).
+    pub bgp: Option<BgpConfig>,
+}
+
+/// BGP mode's settings.
+#[derive(Debug, Clone)]
+pub struct BgpConfig {
+    /// The kernel table the routes go to.
+    pub table: u32,
+    /// BIRD's directory with `--bgp bird`; None with an external daemon.
+    pub bird_dir: Option<std::path::PathBuf>,
 }
 
 /// How long a leaving speaker waits for others to take its addresses over.
@@ -73,6 +86,32 @@ fn peers(leases: &kube::runtime::reflector::Store<Lease>) -> std::collections::B
     lease::peers(leases.state().iter().map(|l| &**l), jiff::Timestamp::now())
 }
 
+/// The BGP announcer and its driver (the kernel table, BIRD when we run it).
+fn bgp_announcer(
+    client: &Client,
+    node: &str,
+    my_ip: IpAddr,
+    bgp: &BgpConfig,
+    caches: &Caches,
+    metrics: &Metrics,
+) -> std::io::Result<BgpAnnouncer> {
+    let setup = driver::Setup { node: node.to_string(), table: bgp.table, bird_dir: bgp.bird_dir.clone() };
+    let handle = driver::start(client.clone(), caches.bgp.as_ref().map(|b| b.peers.clone()), setup, metrics.clone())?;
+    let daemon = match &caches.bgp {
+        Some(b) => Daemon::Bird {
+            peers: b.peers.clone(),
+            secrets: b.secrets.clone(),
+            router_id: match my_ip {
+                IpAddr::V4(v4) => v4,
+                IpAddr::V6(_) => crate::bgp::bird::router_id_for(node),
+            },
+            table: bgp.table,
+        },
+        None => Daemon::External,
+    };
+    Ok(BgpAnnouncer::new(node, daemon, handle))
+}
+
 /// Runs until `shutdown` completes, then hands over and returns.
 pub async fn run(
     client: Client,
@@ -83,7 +122,8 @@ pub async fn run(
     let my_ip = node_ip(&client, &cfg.node).await?;
     let peer_addr = SocketAddr::new(my_ip, cfg.peer_port);
     let mut tasks = JoinSet::new();
-    let caches = Caches::start(&mut tasks, &client, &cfg.namespace);
+    let caches =
+        Caches::start(&mut tasks, &client, &cfg.namespace, cfg.bgp.as_ref().is_some_and(|b| b.bird_dir.is_some()));
     caches.ready().await.map_err(io)?;
     let leases_api: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
     lease::renew(&leases_api, &cfg.node, peer_addr, cfg.lease_duration).await?;
@@ -121,6 +161,9 @@ pub async fn run(
         metrics.clone(),
         wake.clone(),
     ))];
+    if let Some(bgp) = &cfg.bgp {
+        announcers.push(Box::new(bgp_announcer(&client, &cfg.node, my_ip, bgp, &caches, &metrics).map_err(io)?));
+    }
     let mut reporter = Reporter::new(client.clone(), &cfg.node, caches.services.clone());
     let driver = cfg.forwarding.then(|| Driver::start(client.clone(), &cfg.node, metrics.clone()));
 
@@ -130,7 +173,7 @@ pub async fn run(
     let mut view = caches.view();
     let mut view_changed = true;
     let mut conditions_checked: Option<Instant> = None;
-    let mut last_announced = vec![std::collections::BTreeMap::new(); announcers.len()];
+    let mut last_announced: BTreeMap<IpAddr, String> = BTreeMap::new();
     tokio::pin!(shutdown);
     loop {
         let mut ticked = false;
@@ -177,14 +220,19 @@ pub async fn run(
         // Conditions are looked at when the Services or the announcements change, and otherwise
         // once per rewrite interval (a rewrite is never due more often).
         let recheck = new_view || conditions_checked.is_none_or(|t| now.saturating_duration_since(t) >= REWRITE_EVERY);
-        for (a, last) in announcers.iter_mut().zip(last_announced.iter_mut()) {
+        for a in announcers.iter_mut() {
             a.tick(now);
             a.update(&view, &alive, now);
             reporter.publish(a.take_notices());
-            if recheck || a.announced() != last {
-                reporter.ensure_conditions(a.announced(), now);
-                last.clone_from(a.announced());
-            }
+        }
+        // One condition per address: what every protocol says of it, joined.
+        let mut announced: BTreeMap<IpAddr, String> = BTreeMap::new();
+        for (ip, at) in announcers.iter().flat_map(|a| a.announced()) {
+            announced.entry(*ip).and_modify(|all| *all = format!("{all}; {at}")).or_insert_with(|| at.clone());
+        }
+        if recheck || announced != last_announced {
+            reporter.ensure_conditions(&announced, now);
+            last_announced = announced;
         }
         if recheck {
             conditions_checked = Some(now);

@@ -161,6 +161,7 @@ mod tests {
                 ),
                 ("off".to_string(), PoolL2 { enabled: false, ..PoolL2::default() }),
             ]),
+            bgp_pools: BTreeMap::new(),
         }
     }
 

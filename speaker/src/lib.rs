@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod announce;
+pub mod bgp;
 pub mod election;
 pub mod forwarding;
 pub mod l2;

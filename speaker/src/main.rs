@@ -1,5 +1,6 @@
 //! `ferrolb-speaker`: runs on every node; elects, per address, the node that announces it, answers
-//! ARP/NDP for it, and programs nftables forwarding.
+//! ARP/NDP for it, advertises addresses over BGP through a routing daemon, and programs nftables
+//! forwarding.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,9 +22,20 @@ enum Forwarding {
     None,
 }
 
+/// Who advertises addresses of pools with `bgp.enabled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Bgp {
+    /// BGP mode off.
+    None,
+    /// BIRD 2 (`bird`, `birdc` on PATH), configured and supervised by the speaker.
+    Bird,
+    /// Only the kernel table; a routing daemon the user runs exports it.
+    External,
+}
+
 /// Flags; the names are a stable contract (docs/CONFIGURATION.md lists them, docs/ARCHITECTURE.md the modules).
 #[derive(Parser, Debug)]
-#[command(version, about = "ferrolb speaker: ARP/NDP announcements and forwarding for one node")]
+#[command(version, about = "ferrolb speaker: ARP/NDP announcements, BGP advertisements and forwarding for one node")]
 struct Args {
     /// Kubeconfig to use; without it KUBECONFIG or the in-cluster configuration, as kube does.
     #[arg(long)]
@@ -54,6 +66,16 @@ struct Args {
     /// engines and kube-proxy.
     #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_EXCLUDED.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
     exclude_interfaces: Vec<String>,
+    /// BGP mode: who advertises the routes.
+    #[arg(long, value_enum, default_value_t = Bgp::None)]
+    bgp: Bgp,
+    /// The kernel routing table the speaker writes the routes to advertise into (no rule routes
+    /// traffic by it).
+    #[arg(long, default_value_t = 179, value_parser = clap::value_parser!(u32).range(1..=0xffff_fffe))]
+    bgp_route_table: u32,
+    /// Where BIRD's configuration and control socket live (`--bgp bird`).
+    #[arg(long, default_value = "/run/bird")]
+    bgp_dir: PathBuf,
     /// How often heartbeats are sent (milliseconds).
     #[arg(long, default_value_t = 100)]
     heartbeat_interval_ms: u64,
@@ -109,6 +131,7 @@ async fn run(args: Args) -> Result<(), telemetry::Error> {
         peer_port = args.peer_port,
         authenticated = secret.is_some(),
         forwarding = ?args.forwarding,
+        bgp = ?args.bgp,
         "connected to the API server"
     );
     let metrics = ferrolb_speaker::metrics::Metrics::default();
@@ -127,6 +150,11 @@ async fn run(args: Args) -> Result<(), telemetry::Error> {
         },
         lease_duration: Duration::from_secs(args.lease_seconds.max(3)),
         forwarding: args.forwarding == Forwarding::Nftables,
+        bgp: match args.bgp {
+            Bgp::None => None,
+            Bgp::Bird => Some(agent::BgpConfig { table: args.bgp_route_table, bird_dir: Some(args.bgp_dir) }),
+            Bgp::External => Some(agent::BgpConfig { table: args.bgp_route_table, bird_dir: None }),
+        },
         exclude_interfaces: args
             .exclude_interfaces
             .into_iter()

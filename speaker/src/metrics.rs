@@ -13,6 +13,13 @@ pub struct AddressLabel {
     pub address: String,
 }
 
+/// Labels naming a BGPPeer.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    /// The BGPPeer's name.
+    pub peer: String,
+}
+
 /// The speaker's metrics.
 #[derive(Clone, Default)]
 pub struct Metrics {
@@ -42,6 +49,10 @@ pub struct Metrics {
     pub nft_verified: Counter,
     /// Base chains of other tables that drop forwarded or NodePort traffic.
     pub firewall_blocking: Gauge,
+    /// 1 while this node's BGP session with a peer is Established, else 0.
+    pub bgp_sessions: Family<PeerLabel, Gauge>,
+    /// Prefixes in the speaker's BGP route table.
+    pub bgp_routes: Gauge,
 }
 
 /// Raises `counter` to `total`, a count kept elsewhere (a responder thread's, the replay
@@ -101,6 +112,16 @@ impl Metrics {
             "Chains of other tables whose drop policy blocks forwarded or NodePort traffic",
             self.firewall_blocking.clone(),
         );
+        r.register(
+            "ferrolb_speaker_bgp_session_up",
+            "1 while this node's BGP session with a peer is Established, else 0",
+            self.bgp_sessions.clone(),
+        );
+        r.register(
+            "ferrolb_speaker_bgp_routes",
+            "Prefixes in the speaker's BGP route table (advertised by the routing daemon)",
+            self.bgp_routes.clone(),
+        );
     }
 
     /// Metrics with one series of empty label values per family, so that the generated
@@ -109,6 +130,7 @@ impl Metrics {
         let m = Self::default();
         let _ = m.requests.get_or_create(&AddressLabel::default());
         let _ = m.replies.get_or_create(&AddressLabel::default());
+        let _ = m.bgp_sessions.get_or_create(&PeerLabel::default());
         m
     }
 }

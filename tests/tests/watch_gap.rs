@@ -153,7 +153,7 @@ async fn the_speakers_view_forgets_what_was_deleted_in_the_gap() {
     }
 
     let mut tasks = tokio::task::JoinSet::new();
-    let caches = Caches::start(&mut tasks, &client, "ferrolb-system");
+    let caches = Caches::start(&mut tasks, &client, "ferrolb-system", false);
     caches.ready().await.unwrap();
     // As the speaker's loop does: the view is rebuilt when the caches say they changed.
     let seen = std::sync::Arc::new(std::sync::Mutex::new(caches.view()));

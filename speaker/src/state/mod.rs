@@ -12,7 +12,7 @@ use ferrolb_crds::{IPPool, ServiceKey};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-pub use self::read::{Backend, NodeView, PoolL2, PortView, ServiceView};
+pub use self::read::{Backend, NodeView, PoolBgp, PoolL2, PortView, ServiceView};
 
 /// The whole view, derived from the watch caches alone.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -23,6 +23,8 @@ pub struct View {
     pub nodes: BTreeMap<String, NodeView>,
     /// Pools' layer-2 settings by name.
     pub pools: BTreeMap<String, PoolL2>,
+    /// BGP settings of the pools advertised over BGP, by name.
+    pub bgp_pools: BTreeMap<String, PoolBgp>,
 }
 
 impl View {
@@ -47,10 +49,13 @@ impl View {
             })
             .map(|v| (v.key.clone(), v))
             .collect();
+        let pools: Vec<&IPPool> = pools.into_iter().collect();
+        let name = |p: &IPPool| p.metadata.name.clone().unwrap_or_default();
         View {
             services,
             nodes: nodes.into_iter().map(read::node).map(|n| (n.name.clone(), n)).collect(),
-            pools: pools.into_iter().map(|p| (p.metadata.name.clone().unwrap_or_default(), read::pool(p))).collect(),
+            pools: pools.iter().map(|p| (name(p), read::pool(p))).collect(),
+            bgp_pools: pools.iter().filter_map(|p| Some((name(p), read::pool_bgp(p)?))).collect(),
         }
     }
 

@@ -80,6 +80,23 @@ pub struct PoolL2 {
     pub interfaces: Vec<String>,
 }
 
+/// A pool's BGP settings.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PoolBgp {
+    /// Nodes allowed to advertise.
+    pub node_selector: Option<LabelSelector>,
+    /// Peers (by their labels) that receive the routes; all when None.
+    pub peer_selector: Option<LabelSelector>,
+    /// Communities attached to the routes.
+    pub communities: Vec<String>,
+    /// LOCAL_PREF (iBGP).
+    pub local_pref: Option<u32>,
+    /// Prefix length advertised for IPv4 addresses (32: the host route).
+    pub aggregation_v4: u8,
+    /// Prefix length advertised for IPv6 addresses (128: the host route).
+    pub aggregation_v6: u8,
+}
+
 /// Kubernetes: an endpoint whose `ready` condition is missing is ready.
 pub fn endpoint_ready(e: &Endpoint) -> bool {
     e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
@@ -182,14 +199,27 @@ pub fn node(n: &Node) -> NodeView {
     NodeView { name: n.metadata.name.clone().unwrap_or_default(), labels, usable }
 }
 
-/// A pool's layer-2 settings (enabled, every node, every interface when `l2` is omitted).
+/// A pool's layer-2 settings (every node, every interface when `l2` is omitted; on unless only
+/// BGP is enabled).
 pub fn pool(p: &IPPool) -> PoolL2 {
+    let enabled = p.spec.l2_enabled();
     match &p.spec.l2 {
-        Some(l2) => {
-            PoolL2 { enabled: l2.enabled, node_selector: l2.node_selector.clone(), interfaces: l2.interfaces.clone() }
-        }
-        None => PoolL2 { enabled: true, ..PoolL2::default() },
+        Some(l2) => PoolL2 { enabled, node_selector: l2.node_selector.clone(), interfaces: l2.interfaces.clone() },
+        None => PoolL2 { enabled, ..PoolL2::default() },
     }
+}
+
+/// A pool's BGP settings, when the pool is advertised over BGP.
+pub fn pool_bgp(p: &IPPool) -> Option<PoolBgp> {
+    let b = p.spec.bgp.as_ref().filter(|b| b.enabled)?;
+    Some(PoolBgp {
+        node_selector: b.node_selector.clone(),
+        peer_selector: b.peer_selector.clone(),
+        communities: b.communities.clone(),
+        local_pref: b.local_pref,
+        aggregation_v4: b.aggregation_length.unwrap_or(32).min(32),
+        aggregation_v6: b.aggregation_length_v6.unwrap_or(128).min(128),
+    })
 }
 
 #[cfg(test)]

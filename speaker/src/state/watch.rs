@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
-use ferrolb_crds::IPPool;
+use ferrolb_crds::{BGPPeer, IPPool};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
@@ -32,9 +32,20 @@ pub struct Caches {
     pub pools: Store<IPPool>,
     /// The speakers' Leases in the speakers' namespace.
     pub leases: Store<Lease>,
+    /// BGPPeers and peer-password Secrets, when the speaker configures BIRD.
+    pub bgp: Option<BgpCaches>,
     /// Notified on every change of a cache that the view is made of (not the Leases, which are
     /// read on every heartbeat tick).
     pub changed: Arc<Notify>,
+}
+
+/// The caches BIRD's configuration is made from.
+#[derive(Clone)]
+pub struct BgpCaches {
+    /// BGPPeers.
+    pub peers: Store<BGPPeer>,
+    /// Secrets of the speakers' namespace (the peers' passwords).
+    pub secrets: Store<Secret>,
 }
 
 fn spawn<K>(tasks: &mut JoinSet<()>, api: Api<K>, changed: Option<Arc<Notify>>) -> Store<K>
@@ -64,11 +75,16 @@ where
 }
 
 impl Caches {
-    /// Starts every watch in `tasks` (the Leases of `namespace`).
-    pub fn start(tasks: &mut JoinSet<()>, client: &Client, namespace: &str) -> Caches {
+    /// Starts every watch in `tasks` (the Leases of `namespace`; BGPPeers and that namespace's
+    /// Secrets too when `bgp_peers`).
+    pub fn start(tasks: &mut JoinSet<()>, client: &Client, namespace: &str, bgp_peers: bool) -> Caches {
         let changed = Arc::new(Notify::new());
         let on_change = || Some(changed.clone());
         Caches {
+            bgp: bgp_peers.then(|| BgpCaches {
+                peers: spawn(tasks, Api::all(client.clone()), on_change()),
+                secrets: spawn(tasks, Api::namespaced(client.clone(), namespace), on_change()),
+            }),
             services: spawn(tasks, Api::all(client.clone()), on_change()),
             slices: spawn(tasks, Api::all(client.clone()), on_change()),
             nodes: spawn(tasks, Api::all(client.clone()), on_change()),
@@ -84,6 +100,10 @@ impl Caches {
         self.slices.wait_until_ready().await?;
         self.nodes.wait_until_ready().await?;
         self.pools.wait_until_ready().await?;
+        if let Some(b) = &self.bgp {
+            b.peers.wait_until_ready().await?;
+            b.secrets.wait_until_ready().await?;
+        }
         self.leases.wait_until_ready().await
     }
 

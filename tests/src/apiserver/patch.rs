@@ -2,6 +2,8 @@
 //! strategic merge patch (what kubectl's client-side apply sends for built-in kinds), and a
 //! simplified server-side apply.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Map, Value};
 
 use super::error::{ApiError, ApiResult};
@@ -47,7 +49,36 @@ pub fn parse_body(kind: PatchType, body: &[u8]) -> ApiResult<Value> {
 }
 
 /// Applies `patch` of `kind` to `target`.
-pub fn apply_patch(kind: PatchType, target: &mut Value, patch: &Value) -> ApiResult<()> {
+/// The keys of every list that a CRD's schema declares `x-kubernetes-list-type: map`, by the
+/// list's field path (`status.nodes`); server-side apply merges those lists item by item.
+pub type ListMapKeys = BTreeMap<String, Vec<String>>;
+
+/// The list maps a CRD's `openAPIV3Schema` declares.
+pub fn list_map_keys(schema: &Value) -> ListMapKeys {
+    fn walk(schema: &Value, path: &str, out: &mut ListMapKeys) {
+        if let Some(props) = schema["properties"].as_object() {
+            for (name, s) in props {
+                let p = if path.is_empty() { name.clone() } else { format!("{path}.{name}") };
+                walk(s, &p, out);
+            }
+        }
+        if schema["x-kubernetes-list-type"] == "map"
+            && let Some(keys) = schema["x-kubernetes-list-map-keys"].as_array()
+        {
+            out.insert(path.to_string(), keys.iter().filter_map(|k| k.as_str().map(String::from)).collect());
+        }
+        if schema["items"].is_object() {
+            walk(&schema["items"], path, out);
+        }
+    }
+    let mut out = ListMapKeys::new();
+    walk(schema, "", &mut out);
+    out
+}
+
+/// Applies `patch` to `target`; `list_maps` names the list maps of a custom resource's schema
+/// (server-side apply merges their items by key, as kube-apiserver does).
+pub fn apply_patch(kind: PatchType, target: &mut Value, patch: &Value, list_maps: &ListMapKeys) -> ApiResult<()> {
     match kind {
         PatchType::Merge => {
             if !patch.is_object() {
@@ -67,20 +98,36 @@ pub fn apply_patch(kind: PatchType, target: &mut Value, patch: &Value) -> ApiRes
             let Value::Object(p) = patch else {
                 return Err(ApiError::bad_request("a strategic merge patch must be a JSON object"));
             };
-            strategic_object(target, p, true);
+            strategic_object(target, p, &Merge { directives: true, list_maps, path: String::new() });
             Ok(())
         }
         PatchType::Apply => {
             let Value::Object(p) = patch else {
                 return Err(ApiError::bad_request("an apply configuration must be an object"));
             };
-            strategic_object(target, p, false);
+            strategic_object(target, p, &Merge { directives: false, list_maps, path: String::new() });
             Ok(())
         }
     }
 }
 
-/// The key that identifies items of a list field in a strategic merge, by field name.
+/// How a merge goes: strategic-merge directives honoured or not, the schema's list maps, and
+/// where in the object it is.
+struct Merge<'a> {
+    directives: bool,
+    list_maps: &'a ListMapKeys,
+    path: String,
+}
+
+impl Merge<'_> {
+    fn at(&self, field: &str) -> Merge<'_> {
+        let path = if self.path.is_empty() { field.to_string() } else { format!("{}.{field}", self.path) };
+        Merge { directives: self.directives, list_maps: self.list_maps, path }
+    }
+}
+
+/// The key that identifies items of a built-in kind's list field in a strategic merge, by field
+/// name (the patchMergeKey tags of Kubernetes' Go types).
 fn merge_key(field: &str, item: &Map<String, Value>) -> Option<&'static str> {
     match field {
         "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env" | "imagePullSecrets" => {
@@ -100,7 +147,8 @@ fn is_merged_scalar_list(field: &str) -> bool {
     field == "finalizers"
 }
 
-fn strategic_object(target: &mut Value, patch: &Map<String, Value>, directives: bool) {
+fn strategic_object(target: &mut Value, patch: &Map<String, Value>, m: &Merge<'_>) {
+    let directives = m.directives;
     if directives && patch.get("$patch").and_then(Value::as_str) == Some("replace") {
         let mut p = patch.clone();
         p.remove("$patch");
@@ -132,10 +180,10 @@ fn strategic_object(target: &mut Value, patch: &Map<String, Value>, directives: 
             Value::Object(po) if directives && po.get("$patch").and_then(Value::as_str) == Some("delete") => {
                 t.remove(k);
             }
-            Value::Object(po) => strategic_object(t.entry(k.clone()).or_insert(Value::Null), po, directives),
+            Value::Object(po) => strategic_object(t.entry(k.clone()).or_insert(Value::Null), po, &m.at(k)),
             Value::Array(items) => {
                 let existing = t.remove(k);
-                t.insert(k.clone(), merge_list(k, existing, items, directives));
+                t.insert(k.clone(), merge_list(k, existing, items, &m.at(k)));
             }
             other => {
                 t.insert(k.clone(), other.clone());
@@ -147,11 +195,24 @@ fn strategic_object(target: &mut Value, patch: &Map<String, Value>, directives: 
     }
 }
 
-fn merge_list(field: &str, existing: Option<Value>, patch: &[Value], directives: bool) -> Value {
+fn merge_list(field: &str, existing: Option<Value>, patch: &[Value], m: &Merge<'_>) -> Value {
+    let directives = m.directives;
     let mut current = match existing {
         Some(Value::Array(a)) => a,
         _ => Vec::new(),
     };
+    if let Some(keys) = m.list_maps.get(&m.path) {
+        // A custom resource's list map: items are told apart by every key together.
+        for item in patch {
+            let Some(obj) = item.as_object() else { continue };
+            let same = |c: &Value| keys.iter().all(|k| c.get(k) == obj.get(k));
+            match current.iter().position(same) {
+                Some(i) => strategic_object(&mut current[i], obj, m),
+                None => current.push(item.clone()),
+            }
+        }
+        return Value::Array(current);
+    }
     if is_merged_scalar_list(field) {
         for v in patch {
             if !current.contains(v) {
@@ -182,10 +243,10 @@ fn merge_list(field: &str, existing: Option<Value>, patch: &[Value], directives:
                 current.remove(i);
             }
             (Some("delete"), None) if directives => {}
-            (_, Some(i)) => strategic_object(&mut current[i], obj, directives),
+            (_, Some(i)) => strategic_object(&mut current[i], obj, m),
             (_, None) => {
                 let mut fresh = Value::Object(Map::new());
-                strategic_object(&mut fresh, obj, directives);
+                strategic_object(&mut fresh, obj, m);
                 current.push(fresh);
             }
         }
@@ -202,14 +263,41 @@ mod tests {
     fn ports_of_one_number_and_two_protocols_stay_two() {
         let mut t = json!({"ports": [{"name": "tcp", "port": 8080, "protocol": "TCP"}, {"name": "udp", "port": 8080, "protocol": "UDP"}]});
         let patch = json!({"ports": [{"name": "tcp", "port": 8080, "protocol": "TCP"}, {"name": "udp", "port": 8080, "protocol": "UDP"}]});
-        apply_patch(PatchType::Apply, &mut t, &patch).unwrap();
+        apply_patch(PatchType::Apply, &mut t, &patch, &ListMapKeys::new()).unwrap();
         assert_eq!(t, patch);
+    }
+
+    #[test]
+    fn apply_merges_a_crds_list_map_item_by_item() {
+        let schema = json!({"properties": {"status": {"properties": {"nodes": {
+            "type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["node"],
+            "items": {"properties": {"node": {"type": "string"}, "state": {"type": "string"}}}}}}}});
+        let keys = list_map_keys(&schema);
+        assert_eq!(keys["status.nodes"], ["node"]);
+        let mut t = json!({"status": {"nodes": [{"node": "a", "state": "Idle"}, {"node": "b", "state": "Active"}]}});
+        let patch =
+            json!({"status": {"nodes": [{"node": "b", "state": "Established"}, {"node": "c", "state": "Connect"}]}});
+        apply_patch(PatchType::Apply, &mut t, &patch, &keys).unwrap();
+        assert_eq!(
+            t["status"]["nodes"],
+            json!([{"node": "a", "state": "Idle"}, {"node": "b", "state": "Established"}, {"node": "c", "state": "Connect"}])
+        );
+        // Without the schema's word the list is atomic, as kube-apiserver treats such lists.
+        apply_patch(PatchType::Apply, &mut t, &json!({"status": {"nodes": [{"node": "z"}]}}), &ListMapKeys::new())
+            .unwrap();
+        assert_eq!(t["status"]["nodes"], json!([{"node": "z"}]));
     }
 
     #[test]
     fn merge_patch_removes_with_null() {
         let mut t = json!({"metadata": {"labels": {"a": "1", "b": "2"}}});
-        apply_patch(PatchType::Merge, &mut t, &json!({"metadata": {"labels": {"a": null, "c": "3"}}})).unwrap();
+        apply_patch(
+            PatchType::Merge,
+            &mut t,
+            &json!({"metadata": {"labels": {"a": null, "c": "3"}}}),
+            &ListMapKeys::new(),
+        )
+        .unwrap();
         assert_eq!(t, json!({"metadata": {"labels": {"b": "2", "c": "3"}}}));
     }
 
@@ -217,10 +305,10 @@ mod tests {
     fn json_patch_test_op_guards() {
         let mut t = json!({"metadata": {"finalizers": ["a"]}});
         let ok = json!([{"op": "test", "path": "/metadata/finalizers", "value": ["a"]}, {"op": "remove", "path": "/metadata/finalizers/0"}]);
-        apply_patch(PatchType::Json, &mut t, &ok).unwrap();
+        apply_patch(PatchType::Json, &mut t, &ok, &ListMapKeys::new()).unwrap();
         assert_eq!(t, json!({"metadata": {"finalizers": []}}));
         let stale = json!([{"op": "test", "path": "/metadata/finalizers", "value": ["a"]}]);
-        let err = apply_patch(PatchType::Json, &mut t, &stale).unwrap_err();
+        let err = apply_patch(PatchType::Json, &mut t, &stale, &ListMapKeys::new()).unwrap_err();
         assert_eq!(err.code, 422);
     }
 
@@ -231,7 +319,7 @@ mod tests {
         let patch = json!({"spec": {"$setElementOrder/ports": [{"port": 80}, {"port": 8080}],
             "ports": [{"port": 80, "name": "http"}, {"port": 8080}, {"port": 443, "$patch": "delete"}],
             "selector": {"old": null}}, "metadata": {"finalizers": ["f2"]}});
-        apply_patch(PatchType::Strategic, &mut svc, &patch).unwrap();
+        apply_patch(PatchType::Strategic, &mut svc, &patch, &ListMapKeys::new()).unwrap();
         assert_eq!(
             svc["spec"]["ports"],
             json!([{"port": 80, "nodePort": 30080, "protocol": "TCP", "name": "http"}, {"port": 8080}])
@@ -239,7 +327,13 @@ mod tests {
         assert_eq!(svc["spec"]["selector"], json!({"app": "a"}));
         assert_eq!(svc["metadata"]["finalizers"], json!(["f1", "f2"]));
         let mut t = json!({"spec": {"a": 1, "b": 2}});
-        apply_patch(PatchType::Strategic, &mut t, &json!({"spec": {"$retainKeys": ["a", "c"], "c": 3}})).unwrap();
+        apply_patch(
+            PatchType::Strategic,
+            &mut t,
+            &json!({"spec": {"$retainKeys": ["a", "c"], "c": 3}}),
+            &ListMapKeys::new(),
+        )
+        .unwrap();
         assert_eq!(t, json!({"spec": {"a": 1, "c": 3}}));
     }
 

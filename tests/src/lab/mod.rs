@@ -2,12 +2,14 @@
 //! with sim-apiserver reachable from every node. Tests and `ferrolb-lab` share this code.
 
 pub mod backends;
+pub mod bgp;
 pub mod demo;
 pub mod endpoints;
 pub mod failover;
 pub mod netns;
 pub mod probe;
 pub mod processes;
+pub mod router;
 pub mod sctp;
 pub mod topology;
 pub mod tunnel;
@@ -54,8 +56,14 @@ pub struct Lab {
 impl Lab {
     /// Builds a lab with `nodes` nodes (needs root, iproute2 and nftables).
     pub async fn up(nodes: usize) -> Result<Self, LabError> {
+        Self::build(nodes, false).await
+    }
+
+    /// Builds a lab with `nodes` nodes and, when `routed`, the upstream router and the remote
+    /// client (the router's BGP daemon is started by [`Lab::start_router`]).
+    pub async fn build(nodes: usize, routed: bool) -> Result<Self, LabError> {
         let prefix = topology::fresh_prefix();
-        let topo = tokio::task::spawn_blocking(move || topology::build(&prefix, nodes))
+        let topo = tokio::task::spawn_blocking(move || topology::build(&prefix, nodes, routed))
             .await
             .map_err(|e| LabError::Io(std::io::Error::other(e)))??;
         let api = SimApiServer::start(SimConfig::default()).await.map_err(LabError::Io);

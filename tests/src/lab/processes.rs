@@ -79,14 +79,16 @@ impl Lab {
         kube::Client::try_from(config).map_err(kube_err)
     }
 
-    /// Writes what a fresh cluster with ferrolb installed has: the CRD, the namespace, and a
+    /// Writes what a fresh cluster with ferrolb installed has: the CRDs, the namespace, and a
     /// Ready Node per node namespace with its LAN addresses.
     pub async fn register_cluster(&self) -> Result<(), LabError> {
         let client = self.client().await?;
-        Api::<CustomResourceDefinition>::all(client.clone())
-            .create(&PostParams::default(), &IPPool::crd())
-            .await
-            .map_err(kube_err)?;
+        for crd in [IPPool::crd(), ferrolb_crds::BGPPeer::crd()] {
+            Api::<CustomResourceDefinition>::all(client.clone())
+                .create(&PostParams::default(), &crd)
+                .await
+                .map_err(kube_err)?;
+        }
         let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "ferrolb-system"}}))
             .map_err(|e| LabError::Io(e.into()))?;
         Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.map_err(kube_err)?;

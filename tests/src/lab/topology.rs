@@ -1,5 +1,7 @@
 //! The lab's network: a LAN bridge (in a namespace of its own), nodes on it, a pod namespace
-//! behind each node with its own subnet (routed between nodes), and a client on the LAN. Only
+//! behind each node with its own subnet (routed between nodes), and a client on the LAN. With
+//! `routed`, also an upstream router on the LAN (198.51.100.1, 2001:db8:100::1) and a remote
+//! client behind it on a subnet of its own (192.0.2.0/24, 2001:db8:200::/64), for BGP mode. Only
 //! documentation ranges are used: LAN 198.51.100.0/24 and 2001:db8:100::/64, pods 203.0.113.0/26
 //! per node and 2001:db8:1:N::/64.
 
@@ -52,7 +54,24 @@ pub struct Topology {
     pub client: Host,
     /// One pod per node.
     pub pods: Vec<Pod>,
+    /// The router and the client behind it, in a routed lab.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routed: Option<Routed>,
 }
+
+/// The routed part of a lab: an upstream router on the LAN and a client on a subnet behind it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Routed {
+    /// The router, as a host on the LAN (its other side faces the remote client).
+    pub router: Host,
+    /// The client behind the router.
+    pub remote: Host,
+}
+
+/// The router's LAN addresses.
+pub const ROUTER_LAN: (Ipv4Addr, &str) = (Ipv4Addr::new(198, 51, 100, 1), "2001:db8:100::1");
+/// The remote subnet behind the router.
+pub const REMOTE_NET: (&str, &str) = ("192.0.2.0/24", "2001:db8:200::/64");
 
 impl Topology {
     /// Every namespace, the LAN last (deleting it last keeps the others' links until they go).
@@ -60,6 +79,10 @@ impl Topology {
         let mut out: Vec<String> = self.pods.iter().map(|p| p.namespace.clone()).collect();
         out.extend(self.nodes.iter().map(|n| n.namespace.clone()));
         out.push(self.client.namespace.clone());
+        if let Some(r) = &self.routed {
+            out.push(r.remote.namespace.clone());
+            out.push(r.router.namespace.clone());
+        }
         out.push(self.lan_namespace.clone());
         out
     }
@@ -89,12 +112,18 @@ pub fn remove_stale() {
     }
 }
 
-/// Builds the network for `nodes` nodes; on any error, what was built is removed again.
-pub fn build(prefix: &str, nodes: usize) -> Result<Topology, LabError> {
+/// Builds the network for `nodes` nodes (with the router and the remote client when `routed`);
+/// on any error, what was built is removed again.
+pub fn build(prefix: &str, nodes: usize, routed: bool) -> Result<Topology, LabError> {
     netns::check_prerequisites()?;
     remove_stale();
     let mut made: Vec<String> = Vec::new();
-    let result = build_inner(prefix, nodes, &mut made);
+    let result = build_inner(prefix, nodes, &mut made).and_then(|mut t| {
+        if routed {
+            t.routed = Some(build_routed(&t, &mut made)?);
+        }
+        Ok(t)
+    });
     if result.is_err() {
         for ns in made.iter().rev() {
             netns::delete(ns);
@@ -186,7 +215,55 @@ fn build_inner(prefix: &str, count: usize, made: &mut Vec<String>) -> Result<Top
         ipv6: c6,
         mac: mac_text(netns::mac(&client_ns, "eth0")?),
     };
-    Ok(Topology { prefix: prefix.to_string(), lan_namespace: lan, nodes: hosts, client, pods })
+    Ok(Topology { prefix: prefix.to_string(), lan_namespace: lan, nodes: hosts, client, pods, routed: None })
+}
+
+fn build_routed(t: &Topology, made: &mut Vec<String>) -> Result<Routed, LabError> {
+    let router_ns = format!("{}-router", t.prefix);
+    add(&router_ns, made)?;
+    netns::veth(&router_ns, "eth0", &t.lan_namespace, "rt")?;
+    netns::ip_in(&t.lan_namespace, &["link", "set", "rt", "master", "br0"])?;
+    let (r4, r6) = (ROUTER_LAN.0, ROUTER_LAN.1.parse::<Ipv6Addr>().expect("static"));
+    netns::ip_in(&router_ns, &["addr", "add", &format!("{r4}/24"), "dev", "eth0"])?;
+    netns::ip_in(&router_ns, &["addr", "add", &format!("{r6}/64"), "dev", "eth0", "nodad"])?;
+    for (key, value) in [
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv6.conf.all.forwarding", "1"),
+        // Per-connection ECMP that stays put on veths: hash the 5-tuple (policy 3, fields
+        // source/destination address, protocol, ports); policy 1 scattered one connection.
+        ("net.ipv4.fib_multipath_hash_policy", "3"),
+        ("net.ipv4.fib_multipath_hash_fields", "0x0037"),
+        ("net.ipv6.fib_multipath_hash_policy", "3"),
+        ("net.ipv6.fib_multipath_hash_fields", "0x0037"),
+    ] {
+        netns::sysctl(&router_ns, key, value)?;
+    }
+    let remote_ns = format!("{}-remote", t.prefix);
+    add(&remote_ns, made)?;
+    netns::veth(&router_ns, "eth1", &remote_ns, "eth0")?;
+    netns::ip_in(&router_ns, &["addr", "add", "192.0.2.1/24", "dev", "eth1"])?;
+    netns::ip_in(&router_ns, &["addr", "add", "2001:db8:200::1/64", "dev", "eth1", "nodad"])?;
+    let (c4, c6): (Ipv4Addr, Ipv6Addr) = (Ipv4Addr::new(192, 0, 2, 100), "2001:db8:200::100".parse().expect("static"));
+    netns::ip_in(&remote_ns, &["addr", "add", &format!("{c4}/24"), "dev", "eth0"])?;
+    netns::ip_in(&remote_ns, &["addr", "add", &format!("{c6}/64"), "dev", "eth0", "nodad"])?;
+    netns::ip_in(&remote_ns, &["route", "add", "default", "via", "192.0.2.1"])?;
+    netns::ip_in(&remote_ns, &["-6", "route", "add", "default", "via", "2001:db8:200::1"])?;
+    // The nodes answer the remote client through the router.
+    for n in &t.nodes {
+        netns::ip_in(&n.namespace, &["route", "add", REMOTE_NET.0, "via", &r4.to_string()])?;
+        netns::ip_in(&n.namespace, &["-6", "route", "add", REMOTE_NET.1, "via", &r6.to_string()])?;
+    }
+    let host = |name: &str, ns: &str, v4, v6| -> Result<Host, LabError> {
+        Ok(Host {
+            name: name.into(),
+            namespace: ns.to_string(),
+            interface: "eth0".into(),
+            ipv4: v4,
+            ipv6: v6,
+            mac: mac_text(netns::mac(ns, "eth0")?),
+        })
+    };
+    Ok(Routed { router: host("router", &router_ns, r4, r6)?, remote: host("remote", &remote_ns, c4, c6)? })
 }
 
 /// Removes every namespace of the lab (and so every interface and route in them).

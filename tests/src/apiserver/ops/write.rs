@@ -108,7 +108,15 @@ pub fn patch(store: &mut Store, t: &Target, kind: PatchType, patch: &Value, dry_
         return Ok((201, create(store, t, body, dry_run)?));
     };
     let mut doc = t.to_wire(&old);
-    patch::apply_patch(kind, &mut doc, patch)?;
+    let list_maps = t
+        .info
+        .crd
+        .as_ref()
+        .and_then(|versions| versions.get(&t.version))
+        .and_then(|v| v.schema.as_ref())
+        .map(patch::list_map_keys)
+        .unwrap_or_default();
+    patch::apply_patch(kind, &mut doc, patch, &list_maps)?;
     // A patch that carries no resourceVersion applies to whatever is current.
     if kind == PatchType::Apply || doc.pointer("/metadata/resourceVersion").is_none_or(Value::is_null) {
         doc["metadata"]["resourceVersion"] = json!(rv_of(&old));
