@@ -179,3 +179,203 @@ async fn a_cluster_service_is_advertised_by_every_node_and_spread_by_ecmp() {
     .await;
     assert!(message.contains("also from"), "{message}");
 }
+
+/// `externalTrafficPolicy: Local`: only nodes with a ready endpoint advertise, and the routes
+/// follow the endpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_service_is_advertised_only_from_nodes_with_a_ready_endpoint() {
+    if !daemons() {
+        return;
+    }
+    let lab = Lab::build(3, true).await.expect("lab up");
+    let (_running, router) = lab.start_bgp_cluster(&RouterConfig::default(), json!({})).await.unwrap();
+    bgp_pool(&lab, json!({})).await;
+    let ip = service(&lab, "local", json!({"externalTrafficPolicy": "Local"})).await[0];
+    next_hops_become(&lab, &router, ip, &[0, 1, 2], Duration::from_secs(30)).await;
+    lab.set_pod_ready("echo", "node-2", false).await.unwrap();
+    next_hops_become(&lab, &router, ip, &[0, 2], Duration::from_secs(10)).await;
+    // Every connection is answered by a pod on the node it came in through (the client address
+    // is kept, so the pod sees the remote client).
+    let remote = lab.topology.routed.as_ref().unwrap().remote.clone();
+    let answers: Vec<String> = tokio::task::spawn_blocking(move || {
+        (0..40).filter_map(|_| probe::tcp_once(&remote.namespace, SocketAddr::new(ip, 80))).collect()
+    })
+    .await
+    .unwrap();
+    assert_eq!(answers.len(), 40);
+    assert!(answers.iter().all(|a| a.contains("client=192.0.2.100") && !a.contains("pod=echo-node-2")), "{answers:?}");
+    lab.set_pod_ready("echo", "node-2", true).await.unwrap();
+    next_hops_become(&lab, &router, ip, &[0, 1, 2], Duration::from_secs(10)).await;
+}
+
+/// A wrong ASN or a wrong password keeps the session down, and the BGPPeer's status, an Event and
+/// the metric say why; fixing it brings the session up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_asn_or_password_keeps_the_session_down_and_says_why() {
+    if !daemons() {
+        return;
+    }
+    let lab = Lab::build(2, true).await.expect("lab up");
+    let router_cfg = RouterConfig { password: Some("right-one".into()), ..RouterConfig::default() };
+    let client = lab.client().await.unwrap();
+    lab.register_cluster().await.unwrap();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), "ferrolb-system");
+    let secret = |pw: &str| -> k8s_openapi::api::core::v1::Secret {
+        serde_json::from_value(json!({"metadata": {"name": "router-md5"}, "stringData": {"password": pw}})).unwrap()
+    };
+    secrets.create(&Default::default(), &secret("right-one")).await.unwrap();
+    let peer = |asn: u32| json!({"peerAddress": "198.51.100.1", "peerASN": asn, "myASN": 64513, "passwordSecret": {"name": "router-md5"}});
+    // The router's ASN mistyped.
+    lab.apply_peer("router", peer(64599)).await.unwrap();
+    let _router = lab.start_router(&router_cfg).unwrap();
+    let _controller = lab.start_controller().unwrap();
+    let _speakers: Vec<_> = (0..2).map(|i| lab.start_bgp_speaker(i, &[]).unwrap()).collect();
+    let down_because = |needle: &'static str| {
+        let lab = &lab;
+        async move {
+            common::eventually(&format!("both nodes down saying {needle:?}"), Duration::from_secs(30), || async {
+                let e = node_entries(lab, "router").await;
+                let said = |m: &Option<String>| m.as_deref().is_some_and(|m| m.contains(needle));
+                (e.len() == 2 && e.values().all(|(s, m)| s != "Established" && said(m))).then_some(e)
+            })
+            .await
+        }
+    };
+    eprintln!("wrong ASN: {:?}", down_because("Bad peer AS").await);
+    let m = probe::speaker_metrics(&lab.topology.nodes[0].namespace).await.unwrap_or_default();
+    assert_eq!(probe::metric(&m, "ferrolb_speaker_bgp_session_up{peer=\"router\"}"), Some(0.0), "{m}");
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::all(client.clone());
+    let down = common::eventually("a SessionDown Event", Duration::from_secs(10), || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("SessionDown")
+                && e.message.as_deref().is_some_and(|m| m.contains("Bad peer AS"))
+        })
+    })
+    .await;
+    assert_eq!((down.type_.as_deref(), down.involved_object.name.as_deref()), (Some("Warning"), Some("router")));
+    // The right ASN, the wrong password: the router drops every packet; still down, and said so.
+    secrets.replace("router-md5", &Default::default(), &secret("wrong-one")).await.unwrap();
+    lab.apply_peer("router", peer(64512)).await.unwrap();
+    eprintln!("wrong password: {:?}", down_because("differs from the router's").await);
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(node_entries(&lab, "router").await.values().all(|(s, _)| s != "Established"));
+    }
+    // A missing Secret is refused with its name.
+    secrets.delete("router-md5", &Default::default()).await.unwrap();
+    eprintln!("no Secret: {:?}", down_because("password Secret \"router-md5\" has no key").await);
+    // Fixed: up.
+    secrets.create(&Default::default(), &secret("right-one")).await.unwrap();
+    all_established_on(&lab, "router", 2).await;
+}
+
+async fn all_established_on(lab: &Lab, peer: &str, nodes: usize) {
+    let names: BTreeSet<String> = lab.topology.nodes.iter().take(nodes).map(|n| n.name.clone()).collect();
+    common::eventually(&format!("nodes Established with {peer}"), Duration::from_secs(30), || async {
+        let up: BTreeSet<String> = node_entries(lab, peer)
+            .await
+            .into_iter()
+            .filter(|(_, (s, _))| s == "Established")
+            .map(|(n, _)| n)
+            .collect();
+        (up == names).then_some(())
+    })
+    .await;
+}
+
+/// Communities from the pool arrive at the router (eBGP); LOCAL_PREF over an iBGP session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn communities_and_local_pref_reach_the_router() {
+    if !daemons() {
+        return;
+    }
+    let lab = Lab::build(2, true).await.expect("lab up");
+    let ibgp = RouterConfig { asn: 64512, node_asn: 64512, ..RouterConfig::default() };
+    let (_running, router) = lab.start_bgp_cluster(&ibgp, json!({})).await.unwrap();
+    bgp_pool(&lab, json!({"communities": ["64512:100", "no-export", "4200000000:7:9"], "localPref": 250})).await;
+    let ip = service(&lab, "tagged", json!({})).await[0];
+    next_hops_become(&lab, &router, ip, &[0, 1], Duration::from_secs(30)).await;
+    let paths = router.bgp_paths(&host(ip));
+    assert_eq!(paths.len(), 2, "{paths:?}");
+    for p in &paths {
+        assert_eq!(p["locPrf"], 250, "{p}");
+        let communities = p["community"]["string"].as_str().unwrap_or_default();
+        assert!(communities.contains("64512:100") && communities.contains("no-export"), "{p}");
+        assert!(p["largeCommunity"]["string"].as_str().unwrap_or_default().contains("4200000000:7:9"), "{p}");
+    }
+}
+
+/// A node dies (speaker and BIRD killed, link down): with BFD the router drops its next hop at
+/// once and new connections all succeed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_bfd_a_dead_nodes_next_hop_leaves_the_router_at_once() {
+    if !daemons() {
+        return;
+    }
+    let lab = Lab::build(3, true).await.expect("lab up");
+    let cfg = RouterConfig { bfd: Some((100, 100, 3)), ..RouterConfig::default() };
+    let bfd = json!({"bfd": {"receiveIntervalMs": 100, "transmitIntervalMs": 100, "detectMultiplier": 3}});
+    let (mut running, router) = lab.start_bgp_cluster(&cfg, bfd).await.unwrap();
+    bgp_pool(&lab, json!({})).await;
+    all_established(&lab, "router").await;
+    common::eventually("BFD up with every node (both families)", Duration::from_secs(30), || async {
+        (router.bfd_up() == 6).then_some(())
+    })
+    .await;
+    let ip = service(&lab, "web", json!({})).await[0];
+    next_hops_become(&lab, &router, ip, &[0, 1, 2], Duration::from_secs(20)).await;
+    let death = lab.bgp_node_death(&mut running, &router, 0, SocketAddr::new(ip, 80)).await.unwrap();
+    eprintln!("{death:?}");
+    assert!(death.router_dropped < Duration::from_secs(3), "BFD did not act: {death:?}");
+    assert!(death.client_recovered < Duration::from_secs(3), "{death:?}");
+    next_hops_become(&lab, &router, ip, &[1, 2], Duration::from_secs(1)).await;
+    let all_ok = by_ingress_node(&lab, SocketAddr::new(ip, 80), 60).await;
+    assert_eq!(all_ok.values().sum::<usize>(), 60, "{all_ok:?}");
+    assert!(!all_ok.contains_key("node-1"), "{all_ok:?}");
+}
+
+/// SIGTERM of a node's speaker (the node goes away): its routes are withdrawn first, and no new
+/// connection fails meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_withdraws_first_and_no_connection_fails() {
+    if !daemons() {
+        return;
+    }
+    let lab = Lab::build(3, true).await.expect("lab up");
+    let (mut running, router) = lab.start_bgp_cluster(&RouterConfig::default(), json!({})).await.unwrap();
+    bgp_pool(&lab, json!({})).await;
+    let ip = service(&lab, "web", json!({})).await[0];
+    next_hops_become(&lab, &router, ip, &[0, 1, 2], Duration::from_secs(30)).await;
+    let remote = lab.topology.routed.as_ref().unwrap().remote.namespace.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let stop = stop.clone();
+        tokio::task::spawn_blocking(move || {
+            let (mut ok, mut failed) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match probe::tcp_once(&remote, SocketAddr::new(ip, 80)) {
+                    Some(_) => ok += 1,
+                    None => failed += 1,
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let exited = tokio::task::block_in_place(|| running.speakers[0].terminate()).unwrap();
+    assert!(exited.success(), "{exited}");
+    // Gone from the router by the time the speaker has exited.
+    let hops = router.fib_next_hops(&host(ip));
+    assert!(node_of_any(&lab, &hops, 0).is_none(), "node-1 still a next hop after its speaker exited: {hops:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = prober.await.unwrap();
+    assert_eq!(failed, 0, "{failed} of {} connections failed", ok + failed);
+    assert!(ok > 50, "{ok}");
+}
+
+fn node_of_any(lab: &Lab, hops: &[IpAddr], idx: usize) -> Option<IpAddr> {
+    hops.iter().copied().find(|h| node_of(lab, *h) == Some(idx))
+}

@@ -3,14 +3,14 @@
 //! to the driver; and who tells the Services about it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use ferrolb_crds::BGPPeer;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::Store;
 
-use super::driver::{Desired, Handle, PeerProtocols};
+use super::driver::{Desired, Handle, PeerProtocols, PeerRun};
 use super::peers::{self, PeerView};
 use super::{bird, routes};
 use crate::announce::{Announcer, Notice};
@@ -79,7 +79,11 @@ impl BgpAnnouncer {
         for (name, r) in read {
             match r {
                 Ok(p) => {
-                    named.insert(name, Ok(bird::protocol_name(&p.name)));
+                    let mut silent = format!("no answer from {}", SocketAddr::new(p.address, p.port));
+                    if p.password.is_some() {
+                        silent.push_str(" (a TCP MD5 password that differs from the router's looks like this)");
+                    }
+                    named.insert(name, Ok(PeerRun { protocol: bird::protocol_name(&p.name), silent }));
                     usable.push(p);
                 }
                 Err(e) => {

@@ -117,6 +117,9 @@ pub fn render(c: &Config<'_>) -> String {
         let _ = writeln!(w, "  description \"BGPPeer {}\";", p.name);
         let _ = writeln!(w, "  local as {};", p.my_asn);
         let _ = writeln!(w, "  neighbor {} port {} as {};", p.address, p.port, p.peer_asn);
+        // After an error (a BFD down among them) try again in 2 s, backing off to 60 s; BIRD's
+        // own 60 s first wait would keep a recovered node out for a minute.
+        let _ = writeln!(w, "  error wait time 2, 60;");
         if p.multihop {
             let _ = writeln!(w, "  multihop;");
         }
@@ -289,6 +292,7 @@ protocol bgp {tor_a} {{
   description "BGPPeer tor-a";
   local as 64513;
   neighbor 192.0.2.1 port 179 as 64512;
+  error wait time 2, 60;
   hold time 9;
   keepalive time 3;
   password "s3cret";
@@ -304,6 +308,7 @@ protocol bgp {rr} {{
   description "BGPPeer rr";
   local as 64513;
   neighbor 192.0.2.9 port 179 as 64513;
+  error wait time 2, 60;
   multihop;
   keepalive time 5;
   ipv4 {{ table ferrolb4; import none; export filter export_{rr}; next hop self; }};
@@ -316,6 +321,7 @@ protocol bgp {v6} {{
   description "BGPPeer tor-v6";
   local as 64513;
   neighbor 2001:db8::1 port 179 as 64512;
+  error wait time 2, 60;
   ipv6 {{ table ferrolb6; import none; export filter export_{v6}; next hop self; }};
 }}
 "#

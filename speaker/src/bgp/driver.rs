@@ -23,8 +23,17 @@ use crate::metrics::{Metrics, PeerLabel};
 /// How often BIRD is asked about its sessions (and a failed step tried again).
 const POLL_EVERY: Duration = Duration::from_secs(1);
 
-/// The peers of a node by name, each with BIRD's protocol name, or why it cannot be used.
-pub type PeerProtocols = BTreeMap<String, Result<String, String>>;
+/// The peers of a node by name, each with how BIRD runs it, or why it cannot be used.
+pub type PeerProtocols = BTreeMap<String, Result<PeerRun, String>>;
+
+/// A peer BIRD runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRun {
+    /// BIRD's protocol name.
+    pub protocol: String,
+    /// What to say when the session is down and BIRD recorded no error (the router is silent).
+    pub silent: String,
+}
 
 /// What the announcer wants.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -136,11 +145,17 @@ async fn sessions(bird: &Bird, want: &Desired) -> BTreeMap<String, Session> {
         .iter()
         .map(|(peer, protocol)| {
             let s = match protocol {
-                Ok(p) => running.get(p).cloned().unwrap_or(Session {
-                    state: "Idle".into(),
-                    last_error: Some("BIRD is not running this session yet".into()),
-                    exported: None,
-                }),
+                Ok(p) => match running.get(&p.protocol) {
+                    Some(s) if s.state != "Established" && s.last_error.is_none() => {
+                        Session { last_error: Some(p.silent.clone()), ..s.clone() }
+                    }
+                    Some(s) => s.clone(),
+                    None => Session {
+                        state: "Idle".into(),
+                        last_error: Some("BIRD is not running this session yet".into()),
+                        exported: None,
+                    },
+                },
                 Err(why) => Session { state: "Idle".into(), last_error: Some(why.clone()), exported: None },
             };
             (peer.clone(), s)

@@ -162,6 +162,18 @@ impl Router {
         serde_json::from_str::<Value>(&text).ok().and_then(|j| j["paths"].as_array().cloned()).unwrap_or_default()
     }
 
+    /// How many BFD sessions are up.
+    pub fn bfd_up(&self) -> usize {
+        let Ok(text) = self.vtysh(&["show bfd peers json"]) else { return 0 };
+        serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|j| j.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter(|p| p["status"] == "up")
+            .count()
+    }
+
     /// The state of every BGP neighbor, by address.
     pub fn neighbors(&self) -> std::collections::BTreeMap<String, String> {
         let Ok(text) = self.vtysh(&["show bgp neighbors json"]) else { return Default::default() };

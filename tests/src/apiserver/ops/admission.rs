@@ -33,6 +33,7 @@ pub(super) fn admit(store: &mut Store, t: &Target, obj: &mut Value, old: Option<
         ("", "services") => services::admit(obj, old_obj, &mut store.services).map_err(invalid)?,
         ("", "namespaces") if old.is_none() => obj["status"] = json!({"phase": "Active"}),
         ("", "pods") if old.is_none() && obj["status"].is_null() => obj["status"] = json!({"phase": "Pending"}),
+        ("", "secrets") => merge_string_data(obj),
         ("apiextensions.k8s.io", "customresourcedefinitions") => admit_crd(obj, old_obj).map_err(invalid)?,
         _ => {}
     }
@@ -59,6 +60,20 @@ pub(super) fn admit(store: &mut Store, t: &Target, obj: &mut Value, old: Option<
         }
     }
     Ok(())
+}
+
+/// A Secret's `stringData` is a write-only convenience: kube-apiserver stores it base64-encoded
+/// in `data` (overriding keys of the same name) and never returns it.
+fn merge_string_data(obj: &mut Value) {
+    use base64::Engine as _;
+    let Some(Value::Object(plain)) = obj.as_object_mut().and_then(|o| o.remove("stringData")) else { return };
+    if !obj["data"].is_object() {
+        obj["data"] = json!({});
+    }
+    for (k, v) in plain {
+        let text = v.as_str().unwrap_or_default();
+        obj["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+    }
 }
 
 pub(super) fn validate_service_status(status: &Value) -> Result<(), Vec<Cause>> {
