@@ -126,6 +126,7 @@ class Defaults(unittest.TestCase):
         self.assertEqual(len(key), 64)
         (ds,) = of_kind(self.docs, "DaemonSet")
         (volume,) = ds["spec"]["template"]["spec"]["volumes"]
+        self.assertIn("--bgp=none", ds["spec"]["template"]["spec"]["containers"][0]["args"])
         self.assertEqual(volume["secret"]["secretName"], secret["metadata"]["name"])
 
     def test_nothing_optional_by_default(self):
@@ -157,8 +158,9 @@ class EveryOption(unittest.TestCase):
         s = container(self.docs, "DaemonSet")
         for arg in ("--forwarding=none", "--peer-port=17946", "--heartbeat-interval-ms=200",
                     "--peer-timeout-ms=1000", "--startup-settle-ms=3000", "--lease-seconds=15",
-                    "--exclude-interfaces=veth*,cni0"):
+                    "--exclude-interfaces=veth*,cni0", "--bgp=bird", "--bgp-route-table=201", "--bgp-dir=/run/bird"):
             self.assertIn(arg, s["args"])
+        self.assertIn({"name": "bird", "mountPath": "/run/bird"}, s["volumeMounts"])
         (deploy,) = of_kind(self.docs, "Deployment")
         self.assertEqual(deploy["spec"]["replicas"], 3)
         self.assertIn("nodeAffinity", deploy["spec"]["template"]["spec"]["affinity"])
@@ -166,6 +168,18 @@ class EveryOption(unittest.TestCase):
         (ds,) = of_kind(self.docs, "DaemonSet")
         self.assertEqual(ds["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"], "my-peer-key")
         self.assertEqual(len(of_kind(self.docs, "ServiceMonitor")), 2)
+
+    def test_bgp_mode_lets_the_speaker_read_peers_and_only_its_namespaces_secrets(self):
+        speaker = "ferrolb-speaker"
+        role = next(d for d in self.docs if d["kind"] == "Role" and d["metadata"]["name"] == speaker)
+        self.assertIn({"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"]}, role["rules"])
+        self.assertEqual(role["metadata"]["namespace"], NAMESPACE)
+        cluster = next(d for d in self.docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == speaker)
+        self.assertFalse(any("secrets" in r["resources"] for r in cluster["rules"]), "Secrets cluster-wide")
+        self.assertIn({"apiGroups": ["ferrolb.io"], "resources": ["bgppeers/status"], "verbs": ["patch"]}, cluster["rules"])
+        default = render()
+        default_cluster = next(d for d in default if d["kind"] == "ClusterRole" and d["metadata"]["name"] == speaker)
+        self.assertFalse(any("bgppeers" in r["resources"] for r in default_cluster["rules"]), "BGP rights without BGP")
 
     def test_pools_become_ippools(self):
         pools = {p["metadata"]["name"]: p["spec"] for p in of_kind(self.docs, "IPPool")}

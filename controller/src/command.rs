@@ -117,6 +117,7 @@ async fn run(args: Args) -> Result<(), telemetry::Error> {
         telemetry.set_ready(false);
         let ready = telemetry.clone();
         let term = tokio::spawn(reconcile::run(ctx.clone(), move || ready.set_ready(true)));
+        let peers = tokio::spawn(reconcile::peer_status::run(ctx.client.clone(), ctx.field_manager.clone()));
         // Lead until the Lease is lost or we are told to stop; then stop writing at once.
         let stopping = loop {
             tokio::select! {
@@ -127,7 +128,9 @@ async fn run(args: Args) -> Result<(), telemetry::Error> {
             }
         };
         term.abort();
+        peers.abort();
         let _ = term.await;
+        let _ = peers.await;
         metrics.leader.set(0);
         telemetry.set_ready(true);
         tracing::info!("stopped leading");

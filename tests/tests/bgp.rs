@@ -178,6 +178,14 @@ async fn a_cluster_service_is_advertised_by_every_node_and_spread_by_ecmp() {
     })
     .await;
     assert!(message.contains("also from"), "{message}");
+    // The controller sums the nodes up: `kubectl get bgppeers` shows 3/3 and Ready.
+    let peers: Api<BGPPeer> = Api::all(lab.client().await.unwrap());
+    common::eventually("the BGPPeer's summary", Duration::from_secs(10), || async {
+        let s = peers.get("router").await.ok()?.status?;
+        let ready = s.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (s.selected == Some(3) && s.established == Some(3) && ready.status == "True").then_some(())
+    })
+    .await;
 }
 
 /// `externalTrafficPolicy: Local`: only nodes with a ready endpoint advertise, and the routes
@@ -242,6 +250,14 @@ async fn a_wrong_asn_or_password_keeps_the_session_down_and_says_why() {
         }
     };
     eprintln!("wrong ASN: {:?}", down_because("Bad peer AS").await);
+    let peers: Api<BGPPeer> = Api::all(client.clone());
+    let ready = common::eventually("Ready=False naming both nodes", Duration::from_secs(10), || async {
+        let s = peers.get("router").await.ok()?.status?;
+        let ready = s.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+        (ready.status == "False" && ready.message.contains("node-1 (Idle: BGP Error: Bad peer AS)")).then_some(ready)
+    })
+    .await;
+    assert!(ready.message.contains("node-2"), "{}", ready.message);
     let m = probe::speaker_metrics(&lab.topology.nodes[0].namespace).await.unwrap_or_default();
     assert_eq!(probe::metric(&m, "ferrolb_speaker_bgp_session_up{peer=\"router\"}"), Some(0.0), "{m}");
     let events: Api<k8s_openapi::api::core::v1::Event> = Api::all(client.clone());
@@ -378,4 +394,40 @@ async fn sigterm_withdraws_first_and_no_connection_fails() {
 
 fn node_of_any(lab: &Lab, hops: &[IpAddr], idx: usize) -> Option<IpAddr> {
     hops.iter().copied().find(|h| node_of(lab, *h) == Some(idx))
+}
+
+/// An address change only changes kernel routes (BIRD's configuration stays as it is); adding
+/// a peer reconfigures BIRD without resetting the sessions it already has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_never_reconfigure_bird_and_a_new_peer_resets_no_session() {
+    if !daemons() {
+        return;
+    }
+    let lab = Lab::build(2, true).await.expect("lab up");
+    let (_running, router) = lab.start_bgp_cluster(&RouterConfig::default(), json!({})).await.unwrap();
+    bgp_pool(&lab, json!({})).await;
+    let first = service(&lab, "first", json!({})).await[0];
+    next_hops_become(&lab, &router, first, &[0, 1], Duration::from_secs(30)).await;
+    let conf = |i: usize| std::fs::read_to_string(lab.bird_dir(i).join("bird.conf")).unwrap();
+    let before = (conf(0), conf(1));
+    let up = router.establishments();
+    assert_eq!(up.len(), 4, "two nodes, two families: {up:?}");
+    for name in ["second", "third"] {
+        let ip = service(&lab, name, json!({})).await[0];
+        next_hops_become(&lab, &router, ip, &[0, 1], Duration::from_secs(10)).await;
+    }
+    assert_eq!((conf(0), conf(1)), before, "a new address changed BIRD's configuration");
+    // A peer that answers nobody: BIRD is reconfigured, and the router's sessions stay as they were.
+    lab.apply_peer("far", json!({"peerAddress": "198.51.100.250", "peerASN": 64600, "myASN": 64513})).await.unwrap();
+    common::eventually("BIRD to have the new peer", Duration::from_secs(10), || async {
+        (conf(0).contains("BGPPeer far") && conf(1).contains("BGPPeer far")).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(router.establishments(), up, "a session was reset");
+    let e = node_entries(&lab, "far").await;
+    assert!(
+        e.values().all(|(s, m)| s != "Established" && m.as_deref().is_some_and(|m| m.contains("198.51.100.250:179"))),
+        "{e:?}"
+    );
 }

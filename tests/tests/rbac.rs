@@ -1,14 +1,18 @@
 //! The chart's RBAC against what the binaries really call: the lab runs the controller and the
-//! speakers through what they do in a cluster — allocation, pool status, announcements, a
-//! repeated Warning, a host-firewall report that comes back, a speaker leaving — and every
-//! request sim-apiserver saw is mapped to the permission it needs. The chart (rendered by Helm's
-//! own engine) must grant each one, and must grant nothing that was not used.
+//! speakers through what they do in a cluster — allocation, pool status, announcements over ARP
+//! and BGP (BIRD, a peer with a password Secret), a repeated Warning, a host-firewall report that
+//! comes back, a speaker leaving — and every request sim-apiserver saw is mapped to the permission
+//! it needs. The chart (rendered by Helm's own engine, in BGP mode) must grant each one, and must
+//! grant nothing that was not used; without BGP mode it grants exactly that minus what only BGP
+//! mode needs.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use ferrolb_tests::lab::processes::Running;
+use ferrolb_tests::lab::router::RouterConfig;
 use ferrolb_tests::lab::{Lab, netns, probe};
 use ferrolb_tests::rbac::{self, Permission};
 use k8s_openapi::api::core::v1::{Event, Service};
@@ -19,13 +23,13 @@ const NAMESPACE: &str = "ferrolb-system";
 
 /// The chart's objects, rendered by Helm's Go library through helm-python-sdk (as the chart
 /// tests do); `None` when it is not installed outside CI.
-fn rendered_chart() -> Option<Vec<Value>> {
+fn rendered_chart(values: &Value) -> Option<Vec<Value>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let script = "import helm_python as h, json, sys\n\
-        out = h.Chart.load(sys.argv[1]).render(None, name='ferrolb', namespace=sys.argv[2])\n\
+        out = h.Chart.load(sys.argv[1]).render(json.loads(sys.argv[3]), name='ferrolb', namespace=sys.argv[2])\n\
         print(json.dumps(out))";
     let out = std::process::Command::new("python3")
-        .args(["-c", script, root.join("charts/ferrolb").to_str()?, NAMESPACE])
+        .args(["-c", script, root.join("charts/ferrolb").to_str()?, NAMESPACE, &values.to_string()])
         .output();
     let out = match out {
         Ok(o) if o.status.success() => o,
@@ -71,11 +75,34 @@ async fn the_charts_rbac_is_exactly_what_the_binaries_use() {
     if !common::lab_prerequisites() {
         return;
     }
-    let Some(chart) = rendered_chart() else { return };
-    let lab = Lab::up(2).await.expect("lab up");
-    let mut running = lab.start_cluster().await.unwrap();
+    let Some(chart) = rendered_chart(&json!({"speaker": {"bgp": {"mode": "bird"}}})) else { return };
+    let Some(l2_only) = rendered_chart(&json!({})) else { return };
+    if !["bird", "vtysh"].iter().all(|t| std::process::Command::new(t).arg("--version").output().is_ok()) {
+        assert!(!common::in_ci(), "BIRD and FRR are needed under CI=true (apt install bird2 frr)");
+        eprintln!("SKIPPED: BIRD or FRR missing");
+        return;
+    }
+    let lab = Lab::build(2, true).await.expect("lab up");
     let client = lab.client().await.unwrap();
-    lab.apply_pool("lan", json!({"addresses": ["198.51.100.200-198.51.100.210"]})).await.unwrap();
+    lab.register_cluster().await.unwrap();
+    let router_cfg = RouterConfig { password: Some("pw".into()), ..RouterConfig::default() };
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_json::from_value(json!({"metadata": {"name": "md5"}, "stringData": {"password": "pw"}})).unwrap();
+    Api::namespaced(client.clone(), NAMESPACE).create(&PostParams::default(), &secret).await.unwrap();
+    lab.apply_router_peers(&router_cfg, json!({"passwordSecret": {"name": "md5"}})).await.unwrap();
+    let _router = lab.start_router(&router_cfg).unwrap();
+    let controller = lab.start_controller().unwrap();
+    let speakers = (0..2).map(|i| lab.start_bgp_speaker(i, &[]).unwrap()).collect();
+    let backends = lab.start_backends("echo", 8080).await.unwrap();
+    let mut running = Running { controller, speakers, backends };
+    lab.apply_pool("lan", json!({"addresses": ["198.51.100.200-198.51.100.210"], "l2": {}, "bgp": {"enabled": true}}))
+        .await
+        .unwrap();
+    let peers: Api<ferrolb_crds::BGPPeer> = Api::all(client.clone());
+    common::eventually("the controller's BGPPeer summary", Duration::from_secs(30), || async {
+        (peers.get("router").await.ok()?.status?.established == Some(2)).then_some(())
+    })
+    .await;
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
     let echo: Service = serde_json::from_value(json!({"metadata": {"name": "echo"}, "spec": {"type": "LoadBalancer",
         "selector": {"app": "echo"}, "ports": [{"name": "tcp", "port": 80, "targetPort": 8080}]}}))
@@ -170,7 +197,9 @@ async fn the_charts_rbac_is_exactly_what_the_binaries_use() {
         let (cluster, own) = used.entry(binary).or_default();
         // A namespaced request in the release's namespace may be granted by the Role; anything
         // else needs the ClusterRole.
-        if namespace.as_deref() == Some(NAMESPACE) && permission.group == "coordination.k8s.io" {
+        if namespace.as_deref() == Some(NAMESPACE)
+            && (permission.group == "coordination.k8s.io" || permission.resource == "secrets")
+        {
             own.insert(permission);
         } else {
             cluster.insert(permission);
@@ -192,4 +221,21 @@ async fn the_charts_rbac_is_exactly_what_the_binaries_use() {
         }
     }
     assert!(problems.is_empty(), "the chart's RBAC and the lab disagree:\n{}", problems.join("\n"));
+
+    // Without BGP mode: the same, less what only the speaker's BIRD side calls.
+    let bgp_only: BTreeSet<Permission> = [
+        ("ferrolb.io", "bgppeers", "list"),
+        ("ferrolb.io", "bgppeers", "watch"),
+        ("ferrolb.io", "bgppeers/status", "patch"),
+        ("", "secrets", "list"),
+        ("", "secrets", "watch"),
+    ]
+    .into_iter()
+    .map(|(g, r, v)| Permission { group: g.into(), resource: r.into(), verb: v.into() })
+    .collect();
+    let (bgp_cluster, bgp_ns) = grants(&chart, "ferrolb-speaker");
+    let (l2_cluster, l2_ns) = grants(&l2_only, "ferrolb-speaker");
+    assert_eq!(l2_cluster, bgp_cluster.difference(&bgp_only).cloned().collect());
+    assert_eq!(l2_ns, bgp_ns.difference(&bgp_only).cloned().collect());
+    assert_eq!(grants(&l2_only, "ferrolb-controller"), grants(&chart, "ferrolb-controller"));
 }

@@ -3,6 +3,7 @@
 //! concurrently, with optimistic concurrency on status and retries with backoff. Everything it
 //! holds besides the queue is derived from the watch caches (see `watch.rs` on re-lists).
 
+pub mod peer_status;
 pub mod pool_status;
 pub mod queue;
 pub mod read;

@@ -174,6 +174,19 @@ impl Router {
             .count()
     }
 
+    /// How many times each Established neighbor's session came up, by address: unchanged while
+    /// the session is never reset.
+    pub fn establishments(&self) -> std::collections::BTreeMap<String, i64> {
+        let Ok(text) = self.vtysh(&["show bgp neighbors json"]) else { return Default::default() };
+        let Ok(json) = serde_json::from_str::<Value>(&text) else { return Default::default() };
+        json.as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, n)| n["bgpState"] == "Established")
+            .filter_map(|(addr, n)| Some((addr.clone(), n["connectionsEstablished"].as_i64()?)))
+            .collect()
+    }
+
     /// The state of every BGP neighbor, by address.
     pub fn neighbors(&self) -> std::collections::BTreeMap<String, String> {
         let Ok(text) = self.vtysh(&["show bgp neighbors json"]) else { return Default::default() };
