@@ -7,6 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use ferrolb_tests::lab::router::RouterConfig;
 use ferrolb_tests::lab::{Lab, probe};
 
 /// Every `ferrolb_*` name in `text`.
@@ -62,12 +63,19 @@ async fn every_metric_the_alerts_and_the_dashboard_use_is_exported_by_a_running_
         used.extend(names);
     }
 
-    let lab = Lab::up(2).await.expect("lab up");
-    let running = lab.start_cluster().await.unwrap();
+    if !["bird", "vtysh"].iter().all(|t| std::process::Command::new(t).arg("--version").output().is_ok()) {
+        assert!(!common::in_ci(), "BIRD and FRR are needed under CI=true (apt install bird2 frr)");
+        eprintln!("SKIPPED: BIRD or FRR missing");
+        return;
+    }
+    // Both announcing protocols run: the pool uses ARP and BGP (BIRD on the nodes, FRR upstream).
+    let lab = Lab::build(2, true).await.expect("lab up");
+    let (running, _router) = lab.start_bgp_cluster(&RouterConfig::default(), serde_json::json!({})).await.unwrap();
     // Families with labels appear once a series exists: two addresses for three Services gives
     // an allocation failure, a client's ARP request a request and a reply, and a connection
     // through the VIP forwarding.
-    lab.apply_pool("lan", serde_json::json!({"addresses": ["198.51.100.240-198.51.100.241"]})).await.unwrap();
+    let pool = serde_json::json!({"addresses": ["198.51.100.240-198.51.100.241"], "l2": {}, "bgp": {"enabled": true}});
+    lab.apply_pool("lan", pool).await.unwrap();
     let services = kube::Api::namespaced(lab.client().await.unwrap(), "default");
     for name in ["web", "db", "cache"] {
         let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
