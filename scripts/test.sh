@@ -14,6 +14,9 @@ command -v curl >/dev/null || missing+=(curl)
 command -v kubectl >/dev/null || missing+=(kubectl)
 # promtool (Prometheus's own rule checker and unit tester) comes with Debian's prometheus package.
 command -v promtool >/dev/null || missing+=(prometheus)
+# BGP mode: BIRD 2 on the nodes, FRR as the lab's upstream router.
+command -v bird >/dev/null || missing+=(bird2)
+command -v vtysh >/dev/null || missing+=(frr)
 # containerd's ctr imports the image archives as k3s and kind do.
 command -v containerd >/dev/null || missing+=(containerd)
 if ((${#missing[@]})); then

@@ -25,6 +25,10 @@ enum Cmd {
         /// Write JSON describing the lab here.
         #[arg(long)]
         state_file: Option<PathBuf>,
+        /// BGP mode: an upstream router (FRR) and a client behind it, BGPPeers for it, and every
+        /// speaker running BIRD (needs bird2 and frr).
+        #[arg(long)]
+        bgp: bool,
     },
     /// Show ferrolb at work: a Service gets an address, one node answers for it, that node's
     /// speaker is killed and another takes over; prints the failover time, then cleans up.
@@ -50,9 +54,15 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> Result<(), lab::netns::LabError> {
     match args.command {
-        Cmd::Up { nodes, state_file } => {
-            let lab = Lab::up(nodes).await?;
-            let running = lab.start_cluster().await?;
+        Cmd::Up { nodes, state_file, bgp } => {
+            let lab = Lab::build(nodes, bgp).await?;
+            let (running, router) = if bgp {
+                let (running, router) =
+                    lab.start_bgp_cluster(&lab::router::RouterConfig::default(), serde_json::json!({})).await?;
+                (running, Some(router))
+            } else {
+                (lab.start_cluster().await?, None)
+            };
             if let Some(path) = &state_file {
                 lab.write_state(path)?;
             }
@@ -71,10 +81,29 @@ async fn run(args: Args) -> Result<(), lab::netns::LabError> {
                 println!("node {}: ip netns exec {} ... ({} / {}, {})", n.name, n.namespace, n.ipv4, n.ipv6, n.mac);
             }
             println!("client: ip netns exec {} ... ({} / {})", t.client.namespace, t.client.ipv4, t.client.ipv6);
+            if let (Some(routed), Some(router)) = (&t.routed, &router) {
+                println!(
+                    "router: ip netns exec {} ... ({} / {}, FRR AS {}; vtysh --vty_socket {}); BGPPeers router and router-v6, nodes AS {}",
+                    routed.router.namespace,
+                    routed.router.ipv4,
+                    routed.router.ipv6,
+                    lab::router::ROUTER_ASN,
+                    router.vty_dir().display(),
+                    lab::router::NODE_ASN
+                );
+                println!(
+                    "remote client (behind the router): ip netns exec {} ... ({} / {})",
+                    routed.remote.namespace, routed.remote.ipv4, routed.remote.ipv6
+                );
+            }
             println!("stop with Ctrl-C or `ferrolb-lab down --state-file FILE`");
-            println!("\n{}", lab::demo::first_step(&lab));
+            match &router {
+                Some(r) => println!("\n{}", lab::demo::first_step_bgp(&lab, r.vty_dir())),
+                None => println!("\n{}", lab::demo::first_step(&lab)),
+            }
             ferrolb_process::shutdown_signal().await;
             drop(running);
+            drop(router);
             drop(lab);
             if let Some(path) = &state_file {
                 let _ = std::fs::remove_file(path);

@@ -49,6 +49,37 @@ spec:
   ports: [{name: web, port: 80, targetPort: echo}]
 ";
 
+/// The first step of a BGP lab (`ferrolb-lab up --bgp`): a pool advertised over BGP.
+pub const FIRST_STEP_BGP_YAML: &str = "apiVersion: ferrolb.io/v1alpha1
+kind: IPPool
+metadata: {name: fabric}
+spec:
+  addresses: [203.0.113.224/28]
+  bgp: {enabled: true}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hello}
+spec:
+  type: LoadBalancer
+  selector: {app: echo}
+  ports: [{name: web, port: 80, targetPort: echo}]
+";
+
+/// What `ferrolb-lab up --bgp` prints to try BGP mode: the pool and Service, the router's view,
+/// and `curl` from the client behind the router.
+pub fn first_step_bgp(lab: &Lab, router_vty: &std::path::Path) -> String {
+    let remote = lab.topology.routed.as_ref().map(|r| r.remote.namespace.clone()).unwrap_or_default();
+    let curl = curl_command(&remote, "203.0.113.224".parse().expect("static address"));
+    format!(
+        "first step: a pool advertised over BGP and a Service, then call it from the client behind the router\n  export KUBECONFIG={}\n  kubectl apply -f - <<'EOF'\n{}EOF\n  kubectl get svc hello          # EXTERNAL-IP, 203.0.113.224 on a fresh lab\n  kubectl get bgppeers           # every node Established\n  vtysh --vty_socket {} -c 'show ip route 203.0.113.224/32'   # one next hop per node\n  {}\n",
+        lab.kubeconfig().display(),
+        FIRST_STEP_BGP_YAML.lines().map(|l| format!("  {l}\n")).collect::<String>(),
+        router_vty.display(),
+        curl.join(" ").replace("http://203.0.113.224/", "http://<EXTERNAL-IP>/")
+    )
+}
+
 /// The curl command that calls `ip` from the client namespace `ns` (the lab's backends answer
 /// with one line and close, which curl reads as HTTP/0.9).
 pub fn curl_command(ns: &str, ip: IpAddr) -> Vec<String> {

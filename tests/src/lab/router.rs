@@ -126,6 +126,11 @@ impl Router {
         Ok(router)
     }
 
+    /// The directory of its vty sockets (`vtysh --vty_socket DIR`).
+    pub fn vty_dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// Runs `vtysh -c` commands against this router.
     pub fn vtysh(&self, commands: &[&str]) -> Result<String, LabError> {
         let mut args = vec!["--vty_socket".to_string(), self.dir.to_string_lossy().into_owned()];
