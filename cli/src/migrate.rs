@@ -51,7 +51,7 @@ pub fn migrate(docs: &[Value]) -> Migration {
         match kind {
             "IPAddressPool" | "L2Advertisement" => {}
             "BGPAdvertisement" | "BGPPeer" | "BFDProfile" | "Community" => m.notes.push(format!(
-                "{kind} {name}: not translated — ferrolb announces with ARP/NDP (layer 2) only, not BGP"
+                "{kind} {name}: not translated yet — write ferrolb's BGPPeer or the pool's bgp section by hand (docs/MIGRATING-FROM-METALLB.md)"
             )),
             "ConfigMap" => m.notes.push(format!(
                 "ConfigMap {name}: MetalLB's old ConfigMap configuration is not read; convert it to CRs with MetalLB's own tooling first"

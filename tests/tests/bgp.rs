@@ -406,13 +406,17 @@ async fn addresses_never_reconfigure_bird_and_a_new_peer_resets_no_session() {
     let lab = Lab::build(2, true).await.expect("lab up");
     let (_running, router) = lab.start_bgp_cluster(&RouterConfig::default(), json!({})).await.unwrap();
     bgp_pool(&lab, json!({})).await;
-    let first = service(&lab, "first", json!({})).await[0];
-    next_hops_become(&lab, &router, first, &[0, 1], Duration::from_secs(30)).await;
-    let conf = |i: usize| std::fs::read_to_string(lab.bird_dir(i).join("bird.conf")).unwrap();
+    let conf = |i: usize| std::fs::read_to_string(lab.bird_dir(i).join("bird.conf")).unwrap_or_default();
+    // The pool's route class is in the file before any address exists.
+    common::eventually("BIRD configured for the pool", Duration::from_secs(30), || async {
+        (conf(0).contains("krt_metric = 1") && conf(1).contains("krt_metric = 1")).then_some(())
+    })
+    .await;
+    all_established_on(&lab, "router", 2).await;
     let before = (conf(0), conf(1));
     let up = router.establishments();
     assert_eq!(up.len(), 4, "two nodes, two families: {up:?}");
-    for name in ["second", "third"] {
+    for name in ["first", "second", "third"] {
         let ip = service(&lab, name, json!({})).await[0];
         next_hops_become(&lab, &router, ip, &[0, 1], Duration::from_secs(10)).await;
     }

@@ -13,7 +13,7 @@ use ipnetwork::IpNetwork;
 
 use super::peers::PeerView;
 use crate::election;
-use crate::state::View;
+use crate::state::{PoolBgp, View};
 
 /// The attributes a group of routes carries and the peers that receive them.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -44,10 +44,38 @@ pub fn prefix(ip: IpAddr, len: u8) -> IpNetwork {
     IpNetwork::new(net.network(), net.prefix()).unwrap_or(net)
 }
 
+/// The class of `pool`'s routes of one family (`v4`), or None when no peer would receive them.
+fn class_of(pool: &PoolBgp, v4: bool, peers: Option<&[PeerView]>) -> Option<RouteClass> {
+    let receiving = peers.map(|peers| {
+        peers
+            .iter()
+            .filter(|p| p.address.is_ipv4() == v4)
+            .filter(|p| pool.peer_selector.as_ref().is_none_or(|s| selector::matches(s, &p.labels).unwrap_or(false)))
+            .map(|p| p.name.clone())
+            .collect::<BTreeSet<_>>()
+    });
+    if receiving.as_ref().is_some_and(BTreeSet::is_empty) {
+        return None;
+    }
+    Some(RouteClass {
+        communities: pool.communities.clone(),
+        local_pref: pool.local_pref,
+        peers: receiving.unwrap_or_default(),
+    })
+}
+
 /// The plan of `me` given the view, the speakers alive and the peers `me` has sessions with
-/// (None: an external daemon decides where routes go, so every class goes everywhere).
+/// (None: an external daemon decides where routes go, so every class goes everywhere). The
+/// classes come from the pools and peers alone, never from the addresses, so that BIRD's
+/// configuration does not change when addresses come and go.
 pub fn plan(view: &View, alive: &BTreeSet<String>, me: &str, peers: Option<&[PeerView]>) -> Plan {
-    let mut wanted: BTreeMap<IpNetwork, RouteClass> = BTreeMap::new();
+    let every_class: BTreeSet<RouteClass> = view
+        .bgp_pools
+        .values()
+        .flat_map(|pool| [true, false].into_iter().filter_map(|v4| class_of(pool, v4, peers)))
+        .collect();
+    let ids: BTreeMap<&RouteClass, u32> = every_class.iter().zip(1..).collect();
+    let mut routes: BTreeMap<IpNetwork, u32> = BTreeMap::new();
     let mut advertisers = BTreeMap::new();
     for (ip, services) in view.by_address() {
         // Shared addresses come from one pool; the first Service's pool speaks for all.
@@ -55,41 +83,14 @@ pub fn plan(view: &View, alive: &BTreeSet<String>, me: &str, peers: Option<&[Pee
         let eligible = election::eligible(view, &services, pool.node_selector.as_ref(), alive);
         let mine = eligible.contains(&me);
         advertisers.insert(ip, eligible.into_iter().map(String::from).collect());
-        if !mine {
-            continue;
-        }
-        let receiving = peers.map(|peers| {
-            peers
-                .iter()
-                .filter(|p| p.address.is_ipv4() == ip.is_ipv4())
-                .filter(|p| {
-                    pool.peer_selector.as_ref().is_none_or(|s| selector::matches(s, &p.labels).unwrap_or(false))
-                })
-                .map(|p| p.name.clone())
-                .collect::<BTreeSet<_>>()
-        });
-        if receiving.as_ref().is_some_and(BTreeSet::is_empty) {
-            continue;
-        }
-        let class = RouteClass {
-            communities: pool.communities.clone(),
-            local_pref: pool.local_pref,
-            peers: receiving.unwrap_or_default(),
-        };
+        let Some(class) = class_of(pool, ip.is_ipv4(), peers).filter(|_| mine) else { continue };
         let len = if ip.is_ipv4() { pool.aggregation_v4 } else { pool.aggregation_v6 };
         // Two pools aggregating into one prefix: the smaller class wins, the same on every node.
-        let slot = wanted.entry(prefix(ip, len)).or_insert_with(|| class.clone());
-        if class < *slot {
-            *slot = class;
-        }
+        let id = ids[&class];
+        let slot = routes.entry(prefix(ip, len)).or_insert(id);
+        *slot = (*slot).min(id);
     }
-    let numbered: BTreeSet<&RouteClass> = wanted.values().collect();
-    let ids: BTreeMap<&RouteClass, u32> = numbered.into_iter().zip(1..).collect();
-    Plan {
-        routes: wanted.iter().map(|(net, class)| (*net, ids[class])).collect(),
-        classes: ids.iter().map(|(class, id)| (*id, (*class).clone())).collect(),
-        advertisers,
-    }
+    Plan { routes, classes: ids.into_iter().map(|(c, id)| (id, c.clone())).collect(), advertisers }
 }
 
 #[cfg(test)]
@@ -224,8 +225,8 @@ mod tests {
     }
 
     proptest! {
-        /// Numbering is a function of the set of classes only: the same routes give the same
-        /// metrics whatever else changes, and every route's class exists.
+        /// Numbering is a function of the pools and peers only: removing Services changes no
+        /// class number and no class, and every route's class exists.
         #[test]
         fn classes_are_numbered_consistently(drop in proptest::collection::vec(any::<bool>(), 5)) {
             let mut v = view();
@@ -241,6 +242,7 @@ mod tests {
             }
             let ids: Vec<u32> = p.classes.keys().copied().collect();
             prop_assert_eq!(ids, (1..=p.classes.len() as u32).collect::<Vec<_>>());
+            prop_assert_eq!(&p.classes, &plan(&view(), &all(), "n2", None).classes);
             prop_assert_eq!(plan(&v, &all(), "n2", None), p);
         }
     }
