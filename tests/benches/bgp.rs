@@ -129,6 +129,22 @@ async fn thousand() {
     );
 }
 
+/// Service `web`, once the router forwards its address to all three nodes.
+async fn web(lab: &Lab, router: &Router) -> IpAddr {
+    let api: Api<Service> = Api::namespaced(lab.client().await.unwrap(), "default");
+    api.create(&PostParams::default(), &service("web")).await.unwrap();
+    let ip: IpAddr = loop {
+        if let Some(ip) = lab.service_ips("web").await.first().copied() {
+            break ip;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    while router.fib_next_hops(&format!("{ip}/32")).len() < 3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ip
+}
+
 async fn deaths() {
     let bfd_cfg = RouterConfig { bfd: Some((100, 100, 3)), ..RouterConfig::default() };
     let bfd = json!({"bfd": {"receiveIntervalMs": 100, "transmitIntervalMs": 100, "detectMultiplier": 3}});
@@ -141,17 +157,7 @@ async fn deaths() {
             assert!(Instant::now() < deadline, "BFD did not come up");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let api: Api<Service> = Api::namespaced(lab.client().await.unwrap(), "default");
-        api.create(&PostParams::default(), &service("web")).await.unwrap();
-        let ip: IpAddr = loop {
-            if let Some(ip) = lab.service_ips("web").await.first().copied() {
-                break ip;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        while router.fib_next_hops(&format!("{ip}/32")).len() < 3 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let ip = web(&lab, &router).await;
         let d = lab.bgp_node_death(&mut running, &router, run % 3, SocketAddr::new(ip, 80)).await.expect("death");
         router_drop.push(d.router_dropped);
         client.push(d.client_recovered);
@@ -169,17 +175,7 @@ async fn deaths() {
     );
     // Without BFD the hold time decides (9 s here; BIRD's default is 240 s).
     let (lab, mut running, router) = lab_with(&RouterConfig::default(), json!({"holdTime": "9s"})).await;
-    let api: Api<Service> = Api::namespaced(lab.client().await.unwrap(), "default");
-    api.create(&PostParams::default(), &service("web")).await.unwrap();
-    let ip: IpAddr = loop {
-        if let Some(ip) = lab.service_ips("web").await.first().copied() {
-            break ip;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    while router.fib_next_hops(&format!("{ip}/32")).len() < 3 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let ip = web(&lab, &router).await;
     let d = lab.bgp_node_death(&mut running, &router, 0, SocketAddr::new(ip, 80)).await.expect("death");
     println!(
         "| node death without BFD, holdTime 9s (1 run) | router {:.1} s | client {:.1} s ({} failed) |",

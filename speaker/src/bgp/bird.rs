@@ -207,20 +207,7 @@ mod tests {
     use std::time::Duration;
 
     fn peer(name: &str, address: &str, asn: u32) -> PeerView {
-        PeerView {
-            name: name.into(),
-            labels: BTreeMap::new(),
-            address: address.parse().unwrap(),
-            port: 179,
-            peer_asn: asn,
-            my_asn: 64513,
-            hold: None,
-            keepalive: None,
-            multihop: false,
-            password: None,
-            bfd: None,
-            graceful_restart: false,
-        }
+        PeerView { peer_asn: asn, ..PeerView::example(name, address) }
     }
 
     fn classes() -> BTreeMap<u32, RouteClass> {

@@ -38,6 +38,25 @@ pub struct PeerView {
 }
 
 impl PeerView {
+    /// A plain eBGP peer (AS 64512, we 64513) without options, for tests.
+    #[cfg(test)]
+    pub fn example(name: &str, address: &str) -> Self {
+        Self {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            address: address.parse().expect("an address"),
+            port: 179,
+            peer_asn: 64512,
+            my_asn: 64513,
+            hold: None,
+            keepalive: None,
+            multihop: false,
+            password: None,
+            bfd: None,
+            graceful_restart: false,
+        }
+    }
+
     /// Whether the session is iBGP (LOCAL_PREF applies).
     pub fn internal(&self) -> bool {
         self.peer_asn == self.my_asn

@@ -124,20 +124,7 @@ mod tests {
     }
 
     fn peer(name: &str, address: &str, label: &str) -> PeerView {
-        PeerView {
-            name: name.into(),
-            labels: labels(&[("fabric", label)]),
-            address: address.parse().unwrap(),
-            port: 179,
-            peer_asn: 64512,
-            my_asn: 64513,
-            hold: None,
-            keepalive: None,
-            multihop: false,
-            password: None,
-            bfd: None,
-            graceful_restart: false,
-        }
+        PeerView { labels: labels(&[("fabric", label)]), ..PeerView::example(name, address) }
     }
 
     fn view() -> View {
