@@ -114,17 +114,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn svc(key: &str, ip: &str, pool: &str, local: bool, ready: &[&str]) -> (ServiceKey, ServiceView) {
-        let view = ServiceView {
-            key: ServiceKey::from(key),
-            ips: vec![ip.parse().unwrap()],
-            pool: pool.into(),
-            local,
-            ports: Vec::new(),
-            ready_nodes: ready.iter().map(|s| s.to_string()).collect(),
-            source_ranges: Vec::new(),
-            affinity: None,
-        };
-        (view.key.clone(), view)
+        ServiceView::example(key, &[ip], pool, local, ready)
     }
 
     fn view() -> View {

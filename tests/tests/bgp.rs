@@ -128,14 +128,7 @@ async fn node_entries(lab: &Lab, peer: &str) -> BTreeMap<String, (String, Option
 }
 
 async fn all_established(lab: &Lab, peer: &str) {
-    let nodes: BTreeSet<String> = lab.topology.nodes.iter().map(|n| n.name.clone()).collect();
-    common::eventually(&format!("every node Established with {peer}"), Duration::from_secs(30), || async {
-        let entries = node_entries(lab, peer).await;
-        let up: BTreeSet<String> =
-            entries.iter().filter(|(_, (s, _))| s == "Established").map(|(n, _)| n.clone()).collect();
-        (up == nodes).then_some(())
-    })
-    .await;
+    all_established_on(lab, peer, lab.topology.nodes.len()).await;
 }
 
 /// Sessions come up from every node, a Cluster Service's address reaches the router with one next

@@ -110,17 +110,7 @@ mod tests {
     }
 
     fn svc(key: &str, ips: &[&str], pool: &str, local: bool, ready: &[&str]) -> (ServiceKey, ServiceView) {
-        let v = ServiceView {
-            key: ServiceKey::from(key),
-            ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
-            pool: pool.into(),
-            local,
-            ports: Vec::new(),
-            ready_nodes: ready.iter().map(|s| s.to_string()).collect(),
-            source_ranges: Vec::new(),
-            affinity: None,
-        };
-        (v.key.clone(), v)
+        ServiceView::example(key, ips, pool, local, ready)
     }
 
     fn peer(name: &str, address: &str, label: &str) -> PeerView {

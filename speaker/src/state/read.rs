@@ -58,6 +58,25 @@ pub struct ServiceView {
     pub affinity: Option<u32>,
 }
 
+impl ServiceView {
+    /// A Service of `pool` on `ips` without ports, for tests: `local` policy, ready endpoints on
+    /// the `ready` nodes.
+    #[cfg(test)]
+    pub fn example(key: &str, ips: &[&str], pool: &str, local: bool, ready: &[&str]) -> (ServiceKey, Self) {
+        let v = Self {
+            key: ServiceKey::from(key),
+            ips: ips.iter().map(|i| i.parse().expect("an address")).collect(),
+            pool: pool.into(),
+            local,
+            ports: Vec::new(),
+            ready_nodes: ready.iter().map(|s| s.to_string()).collect(),
+            source_ranges: Vec::new(),
+            affinity: None,
+        };
+        (v.key.clone(), v)
+    }
+}
+
 /// A Node as far as announcing goes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeView {
