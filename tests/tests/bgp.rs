@@ -428,3 +428,45 @@ async fn addresses_never_reconfigure_bird_and_a_new_peer_resets_no_session() {
         "{e:?}"
     );
 }
+
+/// `--bgp external`: node-1 runs FRR with docs/examples/frr-external.conf as written there (its
+/// placeholders filled in) beside a speaker that only writes the kernel table; the other nodes
+/// run BIRD. The router gets node-1's next hop with the others', connections through node-1 reach
+/// the pods, and a deleted Service is withdrawn through FRR too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_frr_exports_the_speakers_table() {
+    use ferrolb_tests::lab::router::{NODE_ASN, ROUTER_ASN};
+    use ferrolb_tests::lab::topology::ROUTER_LAN;
+    if !daemons() {
+        return;
+    }
+    let lab = Lab::build(3, true).await.expect("lab up");
+    let c = RouterConfig::default();
+    lab.register_cluster().await.unwrap();
+    lab.apply_router_peers(&c, json!({})).await.unwrap();
+    let router = lab.start_router(&c).unwrap();
+    let node = &lab.topology.nodes[0];
+    let config = include_str!("../../docs/examples/frr-external.conf")
+        .replace("<NODE_ASN>", &NODE_ASN.to_string())
+        .replace("<NODE_ADDRESS>", &node.ipv4.to_string())
+        .replace("<ROUTER_ADDRESS>", &ROUTER_LAN.0.to_string())
+        .replace("<ROUTER_ASN>", &ROUTER_ASN.to_string());
+    assert!(!config.lines().any(|l| !l.starts_with('!') && l.contains('<')), "a placeholder left: {config}");
+    let _node_frr = Router::start_in(&node.namespace, &lab.dir.join("frr-node-1"), &config).unwrap();
+    let _controller = lab.start_controller().unwrap();
+    let _external = lab.start_speaker(0, &["--bgp", "external"]).unwrap();
+    let _bird = (1..3).map(|i| lab.start_bgp_speaker(i, &[]).unwrap()).collect::<Vec<_>>();
+    let _backends = lab.start_backends("echo", 8080).await.unwrap();
+    bgp_pool(&lab, json!({})).await;
+    let ip = service(&lab, "web", json!({})).await[0];
+    next_hops_become(&lab, &router, ip, &[0, 1, 2], Duration::from_secs(30)).await;
+    let counts = by_ingress_node(&lab, SocketAddr::new(ip, 80), 60).await;
+    assert_eq!(counts.values().sum::<usize>(), 60, "{counts:?}");
+    assert!(counts.contains_key(&node.name), "no connection came in through {}: {counts:?}", node.name);
+    // The speaker with an external daemon reports no sessions of its own.
+    let entries = node_entries(&lab, "router").await;
+    assert!(!entries.contains_key(&node.name), "{entries:?}");
+    let api: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(lab.client().await.unwrap(), "default");
+    api.delete("web", &Default::default()).await.unwrap();
+    next_hops_become(&lab, &router, ip, &[], Duration::from_secs(20)).await;
+}

@@ -11,9 +11,7 @@ use std::net::Ipv4Addr;
 
 use super::peers::PeerView;
 use super::routes::RouteClass;
-
-/// The route protocol number ferrolb's kernel routes carry (`ip route ... proto 197`).
-pub const ROUTE_PROTOCOL: u8 = 197;
+use super::table::ROUTE_PROTOCOL;
 
 /// Everything the configuration is made of.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,7 +249,7 @@ mod tests {
         let v6 = protocol_name("tor-v6");
         let expected = format!(
             r#"# BIRD 2 configuration of node node-1, written by ferrolb-speaker; do not edit.
-# Routes come from kernel table 179 (proto 197); the metric is the route class.
+# Routes come from kernel table 179 (proto 245); the metric is the route class.
 router id 198.51.100.11;
 log stderr {{ info, remote, warning, error, auth, fatal, bug }};
 protocol device {{ scan time 10; }}
@@ -260,14 +258,14 @@ protocol kernel ferrolb_kernel4 {{
   kernel table 179;
   learn;
   scan time 10;
-  ipv4 {{ table ferrolb4; import where krt_source = 197; export none; }};
+  ipv4 {{ table ferrolb4; import where krt_source = 245; export none; }};
 }}
 ipv6 table ferrolb6;
 protocol kernel ferrolb_kernel6 {{
   kernel table 179;
   learn;
   scan time 10;
-  ipv6 {{ table ferrolb6; import where krt_source = 197; export none; }};
+  ipv6 {{ table ferrolb6; import where krt_source = 245; export none; }};
 }}
 protocol bfd ferrolb_bfd {{}}
 filter export_{tor_a} {{

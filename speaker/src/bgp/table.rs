@@ -11,7 +11,11 @@ use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
-use super::bird::ROUTE_PROTOCOL;
+/// The route protocol number ferrolb's kernel routes carry (`ip route ... proto 245`). Chosen
+/// clear of the kernel's (0–18), Babel's (42), Open/R's (99), BIRD's (12) and FRR's (186–197): FRR's
+/// zebra takes routes with its own numbers for its own, so with 197 (its OpenFabric) it neither
+/// imported nor let go of them.
+pub const ROUTE_PROTOCOL: u8 = 245;
 
 /// A netlink error, with what was being done.
 #[derive(Debug, thiserror::Error)]

@@ -36,9 +36,10 @@ impl Default for RouterConfig {
     }
 }
 
-/// FRR running in the router's namespace; stopped when dropped.
+/// FRR running in a namespace (the router's, or a node's with `--bgp external`); stopped when
+/// dropped.
 pub struct Router {
-    /// The router's namespace.
+    /// Its namespace.
     pub namespace: String,
     dir: PathBuf,
 }
@@ -82,14 +83,19 @@ impl Router {
     /// Starts FRR for the routed lab `t` with files in `dir`.
     pub fn start(t: &Topology, dir: &std::path::Path, c: &RouterConfig) -> Result<Self, LabError> {
         let routed = t.routed.as_ref().ok_or_else(|| LabError::Io(std::io::Error::other("the lab has no router")))?;
-        let dir = dir.join("frr");
+        Self::start_in(&routed.router.namespace, &dir.join("frr"), &render(t, c))
+    }
+
+    /// Starts FRR in `namespace` with `config` (FRR's integrated configuration) and its files in
+    /// `dir`: the router's, or a node's own FRR.
+    pub fn start_in(namespace: &str, dir: &std::path::Path, config: &str) -> Result<Self, LabError> {
         // A socket left by an FRR that died would stop the new one.
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir)?;
         let conf = dir.join("frr.conf");
-        std::fs::write(&conf, render(t, c))?;
+        std::fs::write(&conf, config)?;
         netns::run("chown", &["-R", "frr:frr", &dir.to_string_lossy()])?;
-        let router = Self { namespace: routed.router.namespace.clone(), dir };
+        let router = Self { namespace: namespace.to_string(), dir: dir.to_path_buf() };
         let path = |name: &str| router.dir.join(name).to_string_lossy().into_owned();
         for d in DAEMONS {
             let log = std::fs::File::create(router.dir.join(format!("{d}.log")))?;
@@ -110,7 +116,7 @@ impl Router {
                 "frr".into(),
             ];
             if d == "bfdd" {
-                // bfdd's own control socket, per router.
+                // bfdd's own control socket, per instance.
                 args.extend(["--bfdctl".into(), path("bfdd.sock")]);
             }
             let status = Command::new("ip")
