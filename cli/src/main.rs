@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ferrolb_cli::{check, migrate, status, yaml};
-use ferrolb_crds::IPPool;
+use ferrolb_crds::{BGPPeer, IPPool};
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 
@@ -19,8 +19,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Pools with their usage, and every Service ferrolb handles with its addresses, pool and
-    /// announcing node.
+    /// Pools with their usage, BGP peers with every node's session, and every Service ferrolb
+    /// handles with its addresses, pool and the nodes announcing it.
     Status {
         /// Kubeconfig to use; without it KUBECONFIG or the in-cluster configuration.
         #[arg(long)]
@@ -29,15 +29,19 @@ enum Command {
         #[arg(long, default_value = ferrolb_crds::annotations::DEFAULT_LB_CLASS)]
         lb_class: String,
     },
-    /// Read MetalLB IPAddressPool and L2Advertisement YAML and write the equivalent IPPools to
-    /// stdout; what cannot be translated is said on stderr.
+    /// Read MetalLB's IPAddressPool, L2Advertisement, BGPAdvertisement, BGPPeer, BFDProfile and
+    /// Community YAML and write the equivalent IPPools and BGPPeers to stdout; what cannot be
+    /// translated is said on stderr.
     Migrate {
         /// Files to read (`-` for stdin).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// ferrolb's namespace: where Secrets made for inline BGP passwords go.
+        #[arg(long, default_value = "ferrolb-system")]
+        namespace: String,
     },
-    /// Validate IPPool YAML offline with the controller's own parser; exits 1 if a pool is
-    /// invalid or overlaps another.
+    /// Validate IPPool and BGPPeer YAML offline (pools with the controller's own parser, peers
+    /// with the CRD's rules); exits 1 if an object is invalid or a pool overlaps another.
     Check {
         /// Files to read (`-` for stdin).
         #[arg(required = true)]
@@ -65,18 +69,18 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         Command::Check { files } => {
             let (reports, others) = check::check(&read(&files)?);
             if reports.is_empty() {
-                return Err("no IPPool found".into());
+                return Err("no IPPool or BGPPeer found".into());
             }
             let (text, ok) = check::render(&reports, &others);
             print!("{text}");
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Migrate { files } => {
-            let m = migrate::migrate(&read(&files)?);
+        Command::Migrate { files, namespace } => {
+            let m = migrate::migrate(&read(&files)?, &namespace);
             if m.pools.is_empty() {
                 return Err("no MetalLB IPAddressPool found".into());
             }
-            print!("{}", yaml::to_yaml(&m.pools));
+            print!("{}", yaml::to_yaml(&[m.pools, m.peers].concat()));
             for n in &m.notes {
                 eprintln!("note: {n}");
             }
@@ -89,11 +93,17 @@ async fn run(args: Args) -> Result<ExitCode, String> {
                 .list(&Default::default())
                 .await
                 .map_err(|e| format!("listing IPPools: {e}"))?;
+            // A cluster without BGPPeers' CRD (404) simply has none.
+            let peers = match Api::<BGPPeer>::all(client.clone()).list(&Default::default()).await {
+                Ok(list) => list.items,
+                Err(kube::Error::Api(e)) if e.code == 404 => Vec::new(),
+                Err(e) => return Err(format!("listing BGPPeers: {e}")),
+            };
             let services = Api::<Service>::all(client)
                 .list(&Default::default())
                 .await
                 .map_err(|e| format!("listing Services: {e}"))?;
-            print!("{}", status::render(&pools.items, &services.items, &lb_class));
+            print!("{}", status::render(&pools.items, &peers, &services.items, &lb_class));
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -30,7 +30,8 @@ fn migrate_writes_ippools_that_check_accepts() {
     let yaml = String::from_utf8(out.stdout).unwrap();
     assert_eq!(yaml.matches("kind: IPPool").count(), 6, "{yaml}");
     let notes = String::from_utf8(out.stderr).unwrap();
-    assert!(notes.contains("note: BGPPeer router: not translated"), "{notes}");
+    assert!(yaml.contains("kind: BGPPeer"), "{yaml}");
+    assert!(!notes.contains("not translated yet"), "{notes}");
     // Both files name first-pool and second-pool: check sees the duplicates as overlaps.
     let only_l2 = ferrolb(&["migrate", &fixture("metallb-l2.yaml")], None);
     let checked = ferrolb(&["check", "-"], Some(&String::from_utf8(only_l2.stdout).unwrap()));
@@ -38,6 +39,15 @@ fn migrate_writes_ippools_that_check_accepts() {
     assert!(checked.status.success(), "{report}");
     assert!(report.contains("ok       IPPool first-pool: IPv4 256"), "{report}");
     assert!(report.contains("ok       IPPool second-pool: IPv4 5, IPv6 16"), "{report}");
+    // MetalLB's BGP samples: pools with bgp sections, peers and a Secret; check accepts them all.
+    let bgp = ferrolb(&["migrate", "--namespace", "lb", &fixture("metallb-bgp.yaml")], None);
+    let yaml = String::from_utf8(bgp.stdout).unwrap();
+    assert!(yaml.contains("namespace: lb"), "{yaml}");
+    let checked = ferrolb(&["check", "-"], Some(&yaml));
+    let report = String::from_utf8(checked.stdout).unwrap();
+    assert!(checked.status.success(), "{report}");
+    assert!(report.contains("ok       BGPPeer tor-a: 172.30.0.3 AS 64512 (iBGP from AS 64512), BFD, MD5"), "{report}");
+    assert!(report.contains("skipped  Secret bgp-tor-a"), "{report}");
 }
 
 #[test]

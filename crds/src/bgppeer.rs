@@ -97,6 +97,104 @@ pub struct BGPPeerSpec {
     pub graceful_restart: bool,
 }
 
+impl BGPPeerSpec {
+    /// What kube-apiserver refuses in this spec by the CRD's schema and rules, one line each with
+    /// the field (empty: admitted). `ferrolb check` uses it offline; a lab test holds it to the CRD.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.peer_address.len() > 45 || self.peer_address.parse::<std::net::IpAddr>().is_err() {
+            out.push(format!("spec.peerAddress {:?}: must be an IPv4 or IPv6 address", self.peer_address));
+        }
+        for (field, asn) in [("peerASN", self.peer_asn), ("myASN", self.my_asn)] {
+            if asn == 0 {
+                out.push(format!("spec.{field}: must be between 1 and 4294967295"));
+            }
+        }
+        if self.port == 0 {
+            out.push("spec.port: must be between 1 and 65535".into());
+        }
+        let secs =
+            |field: &str, text: &Option<String>, ok: &dyn Fn(f64) -> bool, range: &str, out: &mut Vec<String>| {
+                let t = text.as_deref()?;
+                match duration(t) {
+                    Some(d) if t.len() <= 32 && ok(d.as_secs_f64()) => Some(d),
+                    Some(_) => {
+                        out.push(format!("spec.{field} {t:?}: must be {range}"));
+                        None
+                    }
+                    None => {
+                        out.push(format!("spec.{field} {t:?}: not a duration (90s, 1m30s)"));
+                        None
+                    }
+                }
+            };
+        let hold = secs(
+            "holdTime",
+            &self.hold_time,
+            &|s| s == 0.0 || (3.0..=65535.0).contains(&s),
+            "0s, or between 3s and 65535s",
+            &mut out,
+        );
+        let keepalive = secs(
+            "keepaliveTime",
+            &self.keepalive_time,
+            &|s| (1.0..=65535.0).contains(&s),
+            "between 1s and 65535s",
+            &mut out,
+        );
+        if let (Some(h), Some(k)) = (hold, keepalive)
+            && !h.is_zero()
+            && k >= h
+        {
+            out.push("spec: keepaliveTime must be shorter than holdTime".into());
+        }
+        if let Some(s) = &self.password_secret {
+            for (field, v) in [("name", &s.name), ("key", &s.key)] {
+                if v.is_empty() || v.len() > 253 {
+                    out.push(format!("spec.passwordSecret.{field}: must be 1 to 253 characters"));
+                }
+            }
+        }
+        if let Some(b) = &self.bfd {
+            for (field, ms) in
+                [("receiveIntervalMs", b.receive_interval_ms), ("transmitIntervalMs", b.transmit_interval_ms)]
+            {
+                if !(10..=60000).contains(&ms) {
+                    out.push(format!("spec.bfd.{field}: must be between 10 and 60000"));
+                }
+            }
+            if b.detect_multiplier < 2 {
+                out.push("spec.bfd.detectMultiplier: must be between 2 and 255".into());
+            }
+        }
+        out
+    }
+}
+
+/// A Go duration as the CRD admits it (`90s`, `1m30s`, `500ms`, `1.5h`); None when it is not one.
+pub fn duration(text: &str) -> Option<std::time::Duration> {
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').filter(|&i| i > 0)?;
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (0.001, 2)
+        } else {
+            match rest.chars().next()? {
+                's' => (1.0, 1),
+                'm' => (60.0, 1),
+                'h' => (3600.0, 1),
+                _ => return None,
+            }
+        };
+        rest = &rest[len..];
+        total += std::time::Duration::try_from_secs_f64(value * unit).ok()?;
+    }
+    (!text.is_empty()).then_some(total)
+}
+
 fn default_port() -> u16 {
     179
 }
@@ -198,6 +296,53 @@ pub fn crd_yaml() -> Result<String, serde_norway::Error> {
 mod tests {
     use super::*;
     use kube::CustomResourceExt;
+
+    #[test]
+    fn durations_as_the_crd_admits_them() {
+        assert_eq!(duration("90s"), Some(std::time::Duration::from_secs(90)));
+        assert_eq!(duration("1m30s"), Some(std::time::Duration::from_secs(90)));
+        assert_eq!(duration("500ms"), Some(std::time::Duration::from_millis(500)));
+        assert_eq!(duration("1.5h"), Some(std::time::Duration::from_secs(5400)));
+        for bad in ["", "s", "90", "9x", "-1s"] {
+            assert_eq!(duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn problems_name_the_field_and_the_rule() {
+        let spec = |extra: serde_json::Value| {
+            let mut v = serde_json::json!({"peerAddress": "192.0.2.1", "peerASN": 64512, "myASN": 64513});
+            v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            serde_json::from_value::<BGPPeerSpec>(v).unwrap().problems()
+        };
+        assert_eq!(
+            spec(serde_json::json!({"holdTime": "90s", "keepaliveTime": "30s", "bfd": {}})),
+            Vec::<String>::new()
+        );
+        assert_eq!(spec(serde_json::json!({"holdTime": "0s", "keepaliveTime": "30s"})), Vec::<String>::new());
+        assert_eq!(
+            spec(serde_json::json!({"peerAddress": "router"})),
+            ["spec.peerAddress \"router\": must be an IPv4 or IPv6 address"]
+        );
+        assert_eq!(spec(serde_json::json!({"peerASN": 0})), ["spec.peerASN: must be between 1 and 4294967295"]);
+        assert_eq!(
+            spec(serde_json::json!({"holdTime": "2s"})),
+            ["spec.holdTime \"2s\": must be 0s, or between 3s and 65535s"]
+        );
+        assert_eq!(
+            spec(serde_json::json!({"holdTime": "ninety"})),
+            ["spec.holdTime \"ninety\": not a duration (90s, 1m30s)"]
+        );
+        assert_eq!(
+            spec(serde_json::json!({"holdTime": "9s", "keepaliveTime": "9s"})),
+            ["spec: keepaliveTime must be shorter than holdTime"]
+        );
+        assert_eq!(spec(serde_json::json!({"bfd": {"detectMultiplier": 1, "receiveIntervalMs": 5}})).len(), 2);
+        assert_eq!(
+            spec(serde_json::json!({"passwordSecret": {"name": ""}})),
+            ["spec.passwordSecret.name: must be 1 to 253 characters"]
+        );
+    }
 
     #[test]
     fn defaults_fill_in() {

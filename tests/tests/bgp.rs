@@ -179,6 +179,22 @@ async fn a_cluster_service_is_advertised_by_every_node_and_spread_by_ecmp() {
         (s.selected == Some(3) && s.established == Some(3) && ready.status == "True").then_some(())
     })
     .await;
+    // `ferrolb status` shows the sessions of every node and the nodes advertising the Service.
+    let out = std::process::Command::new(ferrolb_tests::lab::processes::binary("ferrolb").unwrap())
+        .args(["status", "--kubeconfig"])
+        .arg(lab.kubeconfig())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let router_line = text.lines().find(|l| l.starts_with("router ")).unwrap_or_default();
+    assert!(
+        router_line.contains("3/3")
+            && router_line.contains("node-1 Established, node-2 Established, node-3 Established"),
+        "{text}"
+    );
+    let web_line = text.lines().find(|l| l.starts_with("default/web")).unwrap_or_default();
+    assert!(web_line.contains("BGP from node-") && web_line.matches("node-").count() == 3, "{text}");
 }
 
 /// `externalTrafficPolicy: Local`: only nodes with a ready endpoint advertise, and the routes

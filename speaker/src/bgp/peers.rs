@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use ferrolb_crds::bgppeer::duration;
 use ferrolb_crds::{BGPPeer, selector};
 use k8s_openapi::api::core::v1::Secret;
 
@@ -90,30 +91,6 @@ pub enum PeerError {
     PasswordChars,
 }
 
-/// Parses a Go duration as the CRD admits them (`90s`, `1m30s`, `500ms`).
-pub fn duration(text: &str) -> Option<Duration> {
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').filter(|&i| i > 0)?;
-        let value: f64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let (unit, len) = if rest.starts_with("ms") {
-            (0.001, 2)
-        } else {
-            match rest.chars().next()? {
-                's' => (1.0, 1),
-                'm' => (60.0, 1),
-                'h' => (3600.0, 1),
-                _ => return None,
-            }
-        };
-        rest = &rest[len..];
-        total += Duration::try_from_secs_f64(value * unit).ok()?;
-    }
-    (!text.is_empty()).then_some(total)
-}
-
 /// The peers `node` (with `labels`) opens sessions to, each read or refused with the reason.
 pub fn for_node<'a>(
     peers: impl IntoIterator<Item = &'a BGPPeer>,
@@ -191,17 +168,6 @@ mod tests {
         Secret {
             data: Some(BTreeMap::from([("password".to_string(), ByteString(password.to_vec()))])),
             ..Secret::default()
-        }
-    }
-
-    #[test]
-    fn durations_as_the_crd_admits_them() {
-        assert_eq!(duration("90s"), Some(Duration::from_secs(90)));
-        assert_eq!(duration("1m30s"), Some(Duration::from_secs(90)));
-        assert_eq!(duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(duration("1.5h"), Some(Duration::from_secs(5400)));
-        for bad in ["", "s", "90", "9x", "-1s"] {
-            assert_eq!(duration(bad), None, "{bad}");
         }
     }
 

@@ -493,4 +493,61 @@ mod tests {
         assert_eq!(pointer_of("spec.addresses[3]"), "/spec/addresses/3");
         assert_eq!(pointer_of(""), "");
     }
+
+    /// `ferrolb check` judges BGPPeers with `BGPPeerSpec::problems`; the API server with the CRD's
+    /// schema and CEL rules. Over every combination of edge values, both agree.
+    #[test]
+    fn bgppeer_problems_agree_with_the_crd() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(ferrolb_crds::BGPPeer::crd()).unwrap();
+        let schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
+        let (compiled, errors) = compile(&schema);
+        assert!(errors.is_empty(), "{errors:?}");
+        let durations =
+            [None, Some("0s"), Some("2s"), Some("3s"), Some("30s"), Some("1m30s"), Some("65536s"), Some("x")];
+        let mut checked = 0;
+        for address in ["198.51.100.1", "2001:db8::1", "198.51.100.300", "router"] {
+            for asn in [0u64, 1, 4_294_967_295] {
+                for hold in durations {
+                    for keepalive in durations {
+                        for (interval, multiplier) in [
+                            (None, None),
+                            (Some(9), Some(3)),
+                            (Some(10), Some(2)),
+                            (Some(60000), Some(1)),
+                            (Some(60001), Some(255)),
+                        ] {
+                            let mut spec = json!({"peerAddress": address, "peerASN": asn, "myASN": 64512});
+                            if let Some(h) = hold {
+                                spec["holdTime"] = json!(h);
+                            }
+                            if let Some(k) = keepalive {
+                                spec["keepaliveTime"] = json!(k);
+                            }
+                            if let (Some(i), Some(m)) = (interval, multiplier) {
+                                spec["bfd"] =
+                                    json!({"receiveIntervalMs": i, "transmitIntervalMs": 300, "detectMultiplier": m});
+                            }
+                            let mut object = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "BGPPeer",
+                                "metadata": {"name": "p"}, "spec": spec.clone()});
+                            let mut causes = structural(&schema, &mut object);
+                            if causes.is_empty() {
+                                causes = cel(&compiled, &object, None, "ferrolb.io/v1alpha1", "ferrolb.io", "BGPPeer");
+                            }
+                            let problems = serde_json::from_value::<ferrolb_crds::bgppeer::BGPPeerSpec>(spec.clone())
+                                .map(|s| s.problems())
+                                .unwrap_or_else(|e| vec![e.to_string()]);
+                            assert_eq!(
+                                causes.is_empty(),
+                                problems.is_empty(),
+                                "{spec}: the CRD says {causes:?}, check says {problems:?}"
+                            );
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 4 * 3 * 8 * 8 * 5);
+    }
 }

@@ -177,13 +177,17 @@ pub fn free_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
-/// sim-apiserver with the IPPool CRD and the `ferrolb-system` namespace, as the chart sets up.
+/// sim-apiserver with the IPPool and BGPPeer CRDs and the `ferrolb-system` namespace, as the chart
+/// sets up.
 pub async fn ferrolb_cluster() -> (SimApiServer, kube::Client, PathBuf) {
     use k8s_openapi::api::core::v1::Namespace;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::api::{Api, PostParams};
     let (server, client) = start().await;
-    Api::<CustomResourceDefinition>::all(client.clone()).create(&PostParams::default(), &ippool_crd()).await.unwrap();
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    for crd in [ippool_crd(), <ferrolb_crds::BGPPeer as kube::CustomResourceExt>::crd()] {
+        crds.create(&PostParams::default(), &crd).await.unwrap();
+    }
     let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": "ferrolb-system"}})).unwrap();
     Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
     let dir = std::env::temp_dir().join(format!("ferrolb-{}-{}", std::process::id(), uuid_like()));
