@@ -3,6 +3,8 @@
 //! another); 1,000 addresses at once (allocated, in one node's table, complete at the router);
 //! and a node's death with BFD (100 ms x 3) over 10 runs, measured at the router's forwarding
 //! table and at a client opening a connection every 10 ms; then once without BFD (hold time).
+//! Also which connections of the remaining nodes the router's ECMP moves when a node leaves.
+//! `--only ecmp` runs that part alone.
 //!
 //! `cargo build --release --workspace --bins && cargo bench -p ferrolb-tests --bench bgp`
 
@@ -185,13 +187,94 @@ async fn deaths() {
     );
 }
 
+/// Of `before`'s flows on next hops other than `gone`, how many `after` sends elsewhere.
+fn moved(before: &[Option<IpAddr>], after: &[Option<IpAddr>], gone: IpAddr) -> (usize, usize) {
+    let kept: Vec<_> = before.iter().zip(after).filter(|(b, _)| **b != Some(gone)).collect();
+    (kept.iter().filter(|(b, a)| b != a).count(), kept.len())
+}
+
+const FLOWS: u16 = 3000;
+
+/// When one node leaves, which flows of the others move: FRR's route (the kernel's hash-threshold
+/// multipath) as each node in turn withdraws (SIGTERM of its speaker), and for comparison a
+/// resilient next-hop group over the same nodes in the router's kernel.
+async fn ecmp_rehash() {
+    let (lab, mut running, router) = lab_with(&RouterConfig::default(), json!({})).await;
+    let ip = web(&lab, &router).await;
+    let prefix = format!("{ip}/32");
+    let client: IpAddr = lab.topology.routed.as_ref().unwrap().remote.ipv4.into();
+    let flows = || router.flow_next_hops(client, ip, "eth1", 40000..40000 + FLOWS);
+    let mut cells = Vec::new();
+    for dead in 0..3 {
+        let before = flows();
+        assert_eq!(before.iter().flatten().count(), FLOWS as usize, "{before:?}");
+        let gone: IpAddr = lab.topology.nodes[dead].ipv4.into();
+        tokio::task::block_in_place(|| running.speakers[dead].terminate()).unwrap();
+        while router.fib_next_hops(&prefix).len() != 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (m, of) = moved(&before, &flows(), gone);
+        cells.push(format!("node-{} leaves: {m} of {of} ({:.0} %)", dead + 1, 100.0 * m as f64 / of as f64));
+        running.speakers[dead] = lab.start_bgp_speaker(dead, &[]).unwrap();
+        while router.fib_next_hops(&prefix).len() != 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    println!(
+        "| ECMP at FRR's router, {FLOWS} flows: flows of the remaining nodes that move when one leaves | {} |",
+        cells.join("; ")
+    );
+    // The same with a resilient group (kernel nexthop objects), on a prefix FRR does not own.
+    let ns = router.namespace.clone();
+    let probe: IpAddr = "203.0.113.250".parse().unwrap();
+    let ids: Vec<String> = (0..3).map(|i| (900 + i).to_string()).collect();
+    for (i, n) in lab.topology.nodes.iter().enumerate() {
+        netns::ip_in(&ns, &["nexthop", "add", "id", &ids[i], "via", &n.ipv4.to_string(), "dev", "eth0"]).unwrap();
+    }
+    let flows = || router.flow_next_hops(client, probe, "eth1", 40000..40000 + FLOWS);
+    let mut cells = Vec::new();
+    for dead in 0..3 {
+        let all = ids.join("/");
+        let rest: Vec<&str> = ids.iter().enumerate().filter(|(i, _)| *i != dead).map(|(_, id)| id.as_str()).collect();
+        let group = |members: &str| {
+            [
+                "nexthop",
+                "replace",
+                "id",
+                "999",
+                "group",
+                members,
+                "type",
+                "resilient",
+                "buckets",
+                "128",
+                "idle_timer",
+                "0",
+            ]
+            .map(String::from)
+        };
+        netns::ip_in(&ns, &group(&all).each_ref().map(String::as_str)).unwrap();
+        netns::ip_in(&ns, &["route", "replace", "203.0.113.250/32", "nhid", "999"]).unwrap();
+        let before = flows();
+        netns::ip_in(&ns, &group(&rest.join("/")).each_ref().map(String::as_str)).unwrap();
+        let (m, of) = moved(&before, &flows(), lab.topology.nodes[dead].ipv4.into());
+        cells.push(format!("node-{} leaves: {m} of {of}", dead + 1));
+    }
+    println!("| the same with a resilient next-hop group (128 buckets) | {} |", cells.join("; "));
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
     println!("| what | measured | |\n|---|---|---|");
+    if std::env::args().any(|a| a == "ecmp") {
+        ecmp_rehash().await;
+        return;
+    }
     route_latency().await;
     thousand().await;
+    ecmp_rehash().await;
     deaths().await;
 }

@@ -166,6 +166,32 @@ impl Router {
         out
     }
 
+    /// The next hop the router's kernel picks for each TCP flow from `src` (arriving on `iif`) to
+    /// `dst`:80, one flow per source port in `sports` (None where it has no route): what its
+    /// ECMP hashing does with each connection.
+    pub fn flow_next_hops(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        iif: &str,
+        sports: std::ops::Range<u16>,
+    ) -> Vec<Option<IpAddr>> {
+        let family = if dst.is_ipv4() { "-4" } else { "-6" };
+        let script: String =
+            sports.map(|p| format!("route get {dst} from {src} iif {iif} ipproto tcp sport {p} dport 80\n")).collect();
+        // A file, not a pipe: ip answers while it reads, and a pipe both ways would deadlock.
+        let file = self.dir.join("flows.batch");
+        if std::fs::write(&file, script).is_err() {
+            return Vec::new();
+        }
+        let out =
+            netns::run("ip", &["-n", &self.namespace, family, "-batch", &file.to_string_lossy()]).unwrap_or_default();
+        out.lines()
+            .filter(|l| !l.starts_with(char::is_whitespace))
+            .map(|l| l.split(" via ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|h| h.parse().ok()))
+            .collect()
+    }
+
     /// The BGP paths of `prefix` as FRR's JSON shows them (communities, local-pref, ...).
     pub fn bgp_paths(&self, prefix: &str) -> Vec<Value> {
         let family = if prefix.contains(':') { "ipv6" } else { "ipv4" };
