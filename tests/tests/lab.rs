@@ -184,15 +184,51 @@ async fn ferrolb_lab_up_and_down_through_the_state_file() {
     if !common::lab_prerequisites() {
         return;
     }
-    let state = std::env::temp_dir().join(format!("ferrolb-lab-state-{}.json", std::process::id()));
+    up_first_step_and_down(false).await;
+}
+
+/// `ferrolb-lab up --bgp`: the routed lab with FRR, and the BGP first step as printed — the pool and
+/// Service applied with kubectl, the sessions in `kubectl get bgppeers`, the route with a next hop
+/// per node in the printed vtysh command, the printed curl from behind the router.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferrolb_lab_up_bgp_and_its_first_step() {
+    if !common::lab_prerequisites() {
+        return;
+    }
+    up_first_step_and_down(true).await;
+}
+
+/// Runs `ferrolb-lab down` for a state file that still exists.
+struct DownOnDrop(std::path::PathBuf);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = std::process::Command::new(env!("CARGO_BIN_EXE_ferrolb-lab"))
+                .args(["down", "--state-file"])
+                .arg(&self.0)
+                .status();
+        }
+    }
+}
+
+async fn up_first_step_and_down(bgp: bool) {
+    let state = std::env::temp_dir().join(format!("ferrolb-lab-state-{}-{bgp}.json", std::process::id()));
     let printed = state.with_extension("out");
+    let mut args = vec!["up", "--nodes", "2", "--state-file", state.to_str().unwrap()];
+    if bgp {
+        args.push("--bgp");
+    }
     let mut up = common::Proc(
         std::process::Command::new(env!("CARGO_BIN_EXE_ferrolb-lab"))
-            .args(["up", "--nodes", "2", "--state-file", state.to_str().unwrap()])
+            .args(&args)
             .stdout(std::fs::File::create(&printed).unwrap())
             .spawn()
             .unwrap(),
     );
+    // Dropped before `up`: if the test fails, the lab is taken down properly rather than left
+    // running with `up` killed (its processes would hold the test's output open).
+    let _down = DownOnDrop(state.clone());
     let text = common::eventually("the state file", Duration::from_secs(30), || async {
         std::fs::read_to_string(&state).ok()
     })
@@ -239,6 +275,29 @@ async fn ferrolb_lab_up_and_down_through_the_state_file() {
             services.get("hello").await.ok()?.status?.load_balancer?.ingress?.first()?.ip.clone()
         })
         .await;
+        if bgp {
+            let mut get = std::process::Command::new(common::kubectl().unwrap());
+            get.args(["get", "bgppeers"]).env("KUBECONFIG", export).env("HOME", std::env::temp_dir());
+            let table =
+                common::eventually("kubectl get bgppeers: 2 of 2 Established, Ready", Duration::from_secs(30), || {
+                    let (ok, out, _) = common::run(&mut get);
+                    let line: Vec<&str> =
+                        out.lines().find(|l| l.starts_with("router ")).unwrap_or_default().split_whitespace().collect();
+                    std::future::ready((ok && line.get(3..6) == Some(&["2", "2", "True"][..])).then_some(out))
+                })
+                .await;
+            assert!(table.contains("router-v6"), "{table}");
+            let vtysh = step.lines().map(str::trim).find(|l| l.starts_with("vtysh ")).expect("the vtysh line");
+            let vtysh = vtysh.split("   #").next().unwrap().replace("203.0.113.224", &ip);
+            let route = common::eventually("a next hop per node at the router", Duration::from_secs(20), || {
+                let (ok, out, _) = common::run(std::process::Command::new("sh").args(["-c", &vtysh]));
+                std::future::ready(
+                    (ok && out.contains("198.51.100.11") && out.contains("198.51.100.12")).then_some(out),
+                )
+            })
+            .await;
+            assert!(route.contains("bgp"), "{route}");
+        }
         let curl = step.lines().map(str::trim).find(|l| l.contains(" curl ")).expect("the curl line");
         let answer = common::eventually("the printed curl to be answered by a pod", Duration::from_secs(20), || {
             let line = curl.replace("<EXTERNAL-IP>", &ip);

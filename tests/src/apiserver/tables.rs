@@ -21,22 +21,48 @@ pub fn human_age(created: &str) -> String {
     }
 }
 
-/// Follows a simple JSONPath (`.status.ipv4.used`, `.spec.ports[0].port`).
+/// Follows the JSONPath of printer columns: fields, indexes and the filter users write for
+/// conditions (`.status.ipv4.used`, `.spec.ports[0].port`, `.status.conditions[?(@.type=="Ready")].status`);
+/// a filter takes the first match, as kubectl shows one value.
 pub fn json_path<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
     let mut cur = obj;
-    for part in path.trim_start_matches('.').split('.').filter(|p| !p.is_empty()) {
-        let (name, index) = match part.split_once('[') {
-            Some((n, i)) => (n, i.trim_end_matches(']').parse::<usize>().ok()),
+    for part in segments(path.trim_start_matches('.')) {
+        let (name, bracket) = match part.split_once('[') {
+            Some((n, b)) => (n, Some(b.strip_suffix(']')?)),
             None => (part, None),
         };
         if !name.is_empty() {
             cur = cur.get(name)?;
         }
-        if let Some(i) = index {
-            cur = cur.get(i)?;
+        match bracket {
+            None => {}
+            Some(b) if b.starts_with("?(@.") => {
+                let (field, want) = b.strip_prefix("?(@.")?.strip_suffix(')')?.split_once("==")?;
+                let want = want.trim().trim_matches(|c| c == '"' || c == '\'');
+                cur = cur.as_array()?.iter().find(|e| e.get(field.trim()).and_then(Value::as_str) == Some(want))?;
+            }
+            Some(i) => cur = cur.get(i.parse::<usize>().ok()?)?,
         }
     }
     Some(cur)
+}
+
+/// The dot-separated segments of a path, keeping dots inside brackets (filters) with their segment.
+fn segments(path: &str) -> Vec<&str> {
+    let (mut out, mut start, mut depth) = (Vec::new(), 0, 0);
+    for (i, c) in path.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            '.' if depth == 0 => {
+                out.push(&path[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&path[start..]);
+    out.into_iter().filter(|p| !p.is_empty()).collect()
 }
 
 fn column(name: &str, type_: &str, priority: i64, description: &str) -> Value {
@@ -171,6 +197,11 @@ mod tests {
         assert_eq!(json_path(&o, ".status.ipv4.used"), Some(&json!(3)));
         assert_eq!(json_path(&o, ".spec.ports[0].port"), Some(&json!(80)));
         assert_eq!(json_path(&o, ".status.ipv6.used"), None);
+        // The filter printer columns use for conditions (ferrolb's Ready columns, cert-manager's).
+        let c = json!({"status": {"conditions": [{"type": "Invalid", "status": "False"}, {"type": "Ready", "status": "True"}]}});
+        assert_eq!(json_path(&c, r#".status.conditions[?(@.type=="Ready")].status"#), Some(&json!("True")));
+        assert_eq!(json_path(&c, ".status.conditions[?(@.type=='Invalid')].status"), Some(&json!("False")));
+        assert_eq!(json_path(&c, r#".status.conditions[?(@.type=="Gone")].status"#), None);
         let ten_min_ago = jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_secs(600)).unwrap();
         assert_eq!(human_age(&ten_min_ago.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()), "10m");
     }

@@ -25,6 +25,19 @@ fn answer(pod: &str, peer: std::net::SocketAddr) -> String {
     format!("pod={pod} client={ip}\n")
 }
 
+/// Writes `text`, then closes gently: our side first (FIN), then whatever the client sent (an HTTP
+/// request from curl, say) is read until it closes too. Closing with unread data would answer
+/// with a reset, which curl reports as an error after printing the answer.
+async fn answer_and_close(mut s: tokio::net::TcpStream, text: String) {
+    use tokio::io::AsyncReadExt;
+    if s.write_all(text.as_bytes()).await.is_err() || s.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 1024];
+    let drain = async { while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+}
+
 fn kube_err(e: kube::Error) -> LabError {
     LabError::Io(std::io::Error::other(e.to_string()))
 }
@@ -45,8 +58,8 @@ impl Lab {
             let (tcp, udp) = (tokio::net::TcpListener::from_std(tcp)?, tokio::net::UdpSocket::from_std(udp)?);
             let n = name.clone();
             tasks.push(tokio::spawn(async move {
-                while let Ok((mut s, peer)) = tcp.accept().await {
-                    let _ = s.write_all(answer(&n, peer).as_bytes()).await;
+                while let Ok((s, peer)) = tcp.accept().await {
+                    tokio::spawn(answer_and_close(s, answer(&n, peer)));
                 }
             }));
             tasks.push(tokio::spawn(async move {
