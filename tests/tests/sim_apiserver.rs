@@ -41,8 +41,10 @@ async fn names(api: &Api<ConfigMap>) -> Vec<String> {
 
 #[tokio::test]
 async fn watcher_and_reflector_stay_in_sync_across_a_dropped_watch_and_a_410() {
-    let (server, client) =
-        start_with(SimConfig { bookmark_interval: Duration::from_secs(3600), ..SimConfig::default() }).await;
+    // Its own restarts of the watch cache, not the periodic ones: it counts relists.
+    let config =
+        SimConfig { bookmark_interval: Duration::from_secs(3600), cache_restart_every: None, ..SimConfig::default() };
+    let (server, client) = start_with(config).await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let (reader, writer) = reflector::store();
     let inits = Arc::new(Mutex::new(0usize));
@@ -104,6 +106,50 @@ async fn watcher_and_reflector_stay_in_sync_across_a_dropped_watch_and_a_410() {
     .await;
     task.abort();
 }
+/// By default the server restarts its watch cache every 5 s, as a kube-apiserver restart does to
+/// watches: every client resumes into 410 and re-lists. A reflector stays exact across several.
+#[tokio::test]
+async fn ordinary_clients_meet_410_every_few_seconds_and_stay_in_sync() {
+    assert_eq!(SimConfig::default().cache_restart_every, Some(Duration::from_secs(5)));
+    let config = SimConfig { cache_restart_every: Some(Duration::from_millis(300)), ..SimConfig::default() };
+    let (server, client) = start_with(config).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let (reader, writer) = reflector::store();
+    let task = tokio::spawn(
+        reflector(writer, watcher(api.clone(), watcher::Config::default())).applied_objects().for_each(|_| async {}),
+    );
+    reader.wait_until_ready().await.unwrap();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), "default");
+    let start = std::time::Instant::now();
+    let mut i = 0;
+    // Changes all through several restarts: creates, and deletes of older ones; and changes of
+    // another kind (as Leases and Events are in a cluster), which move the resourceVersion past
+    // the ConfigMap watcher's, so that its resume after a restart is too old.
+    while start.elapsed() < Duration::from_millis(1500) {
+        api.create(&PostParams::default(), &cm(&format!("c{i}"))).await.unwrap();
+        let secret = serde_json::from_value(json!({"metadata": {"name": format!("s{i}")}})).unwrap();
+        secrets.create(&PostParams::default(), &secret).await.unwrap();
+        if i % 3 == 0 && i > 0 {
+            api.delete(&format!("c{}", i - 1), &DeleteParams::default()).await.unwrap();
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let want = names(&api).await;
+    eventually("the reflector to hold exactly what the server has", WAIT, || {
+        let (reader, want) = (reader.clone(), want.clone());
+        async move {
+            let mut have: Vec<String> = reader.state().iter().map(|c| c.name_any()).collect();
+            have.sort();
+            (have == want).then_some(())
+        }
+    })
+    .await;
+    let expired = server.shared().expired_watches.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(expired >= 2, "the watcher resumed into 410 {expired} times");
+    task.abort();
+}
+
 #[tokio::test]
 async fn a_stale_update_gets_409_and_a_duplicate_create_409_already_exists() {
     let (_server, client) = start().await;

@@ -42,10 +42,18 @@ pub struct SimConfig {
     pub service_cidrs: Vec<IpNetwork>,
     /// `--service-node-port-range`.
     pub node_ports: RangeInclusive<u16>,
-    /// How many changes each collection remembers for resuming watches.
+    /// How many changes each collection remembers for resuming watches: 100 by default, the size
+    /// of kube-apiserver's watch cache before it grew by time (`--default-watch-cache-size`), so
+    /// that a test making more changes than that and resuming a watch meets 410 Gone as clients of
+    /// a busy or restarted server do (docs/TESTING.md).
     pub history_limit: usize,
     /// How often idle watches get a BOOKMARK.
     pub bookmark_interval: Duration,
+    /// How often the server acts as a restarted kube-apiserver does to its watches: every open
+    /// watch ends and the history is forgotten, so every client resumes into 410 Gone and
+    /// re-lists. 5 s by default, so that ordinary tests meet it (a relist bug shows in any test
+    /// that runs a few seconds); None: never.
+    pub cache_restart_every: Option<Duration>,
 }
 
 impl Default for SimConfig {
@@ -57,8 +65,9 @@ impl Default for SimConfig {
                 "fd00:10:96::/112".parse().expect("static CIDR"),
             ],
             node_ports: 30000..=32767,
-            history_limit: 10_000,
+            history_limit: 100,
             bookmark_interval: Duration::from_secs(5),
+            cache_restart_every: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -111,6 +120,8 @@ pub struct Shared {
     pub faults: Faults,
     /// How often idle watches get a BOOKMARK.
     pub bookmark_interval: Duration,
+    /// Watches answered with 410 Gone (expired resourceVersion), in all.
+    pub expired_watches: AtomicU64,
 }
 
 impl Shared {
@@ -127,6 +138,13 @@ impl Shared {
     /// Holds (or lets through again) every new watch request; see [`Faults::watches_held`].
     pub fn hold_watches(&self, held: bool) {
         self.faults.watches_held.send_replace(held);
+    }
+
+    /// What a kube-apiserver restart does to watches: every open one ends, and the new watch
+    /// cache starts at the current resourceVersion, so resuming from an older one gets 410.
+    pub fn restart_watch_cache(&self) {
+        self.compact();
+        self.drop_watches();
     }
 
     /// Forgets all history: the next resume from an older resourceVersion gets 410 Expired.
@@ -222,7 +240,19 @@ impl SimApiServer {
             drops: tokio::sync::watch::channel(0).0,
             faults: Faults::default(),
             bookmark_interval: config.bookmark_interval,
+            expired_watches: AtomicU64::new(0),
         });
+        if let Some(every) = config.cache_restart_every {
+            let weak = Arc::downgrade(&shared);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    tick.tick().await;
+                    let Some(shared) = weak.upgrade() else { return };
+                    shared.restart_watch_cache();
+                }
+            });
+        }
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let app = axum::Router::new().fallback(http::handle).with_state(shared.clone());

@@ -157,6 +157,7 @@ async fn run(shared: Arc<Shared>, t: Target, q: ListQuery, opts: WatchOptions, t
         match collect(&shared, &t, &q, &opts, cursor) {
             Pass::Gone => return,
             Pass::Expired(rv) => {
+                shared.expired_watches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 send(&tx, "ERROR", expired(rv)).await;
                 return;
             }
