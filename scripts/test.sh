@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: formatting, clippy, the build, and all tests (unit, property,
 # sim-apiserver, kubectl, binaries, the root/netns lab suites, the Helm chart, the alerts with
-# promtool, the images built and started with podman). Debian, as root.
+# promtool, the images built and started with podman, a bounded run of every fuzzer). Debian, as root.
 # Installs what it needs. Under CI=true, tests whose prerequisites are missing fail instead of
 # skipping.
 set -euo pipefail
@@ -46,3 +46,12 @@ cargo test --workspace --no-fail-fast
 # The images, built as a user builds them (podman, no registry), for the image tests below.
 bash scripts/images.sh target/images
 python3 -m unittest discover -s charts/tests -v
+# Coverage-guided fuzzing of the parsers, bounded (15 s a target, a fixed seed); nightly only.
+if rustup run nightly rustc --version >/dev/null 2>&1; then
+  bash scripts/fuzz.sh 15
+elif [ "${CI:-}" = "true" ]; then
+  echo "the nightly toolchain is missing and CI=true requires the fuzzers to run (rustup toolchain install nightly)" >&2
+  exit 1
+else
+  echo "SKIPPED: fuzzing (no nightly toolchain)"
+fi
