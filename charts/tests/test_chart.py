@@ -125,9 +125,11 @@ class Defaults(unittest.TestCase):
         key = base64.b64decode(secret["data"]["key"])
         self.assertEqual(len(key), 64)
         (ds,) = of_kind(self.docs, "DaemonSet")
-        (volume,) = ds["spec"]["template"]["spec"]["volumes"]
+        volume, state = ds["spec"]["template"]["spec"]["volumes"]
         self.assertIn("--bgp=none", ds["spec"]["template"]["spec"]["containers"][0]["args"])
         self.assertEqual(volume["secret"]["secretName"], secret["metadata"]["name"])
+        # The claims outlive the pod (a restart in place), not the node's boot.
+        self.assertEqual(state["hostPath"], {"path": "/run/ferrolb", "type": "DirectoryOrCreate"})
 
     def test_nothing_optional_by_default(self):
         for kind in ("ServiceMonitor", "PrometheusRule", "ConfigMap", "IPPool"):
@@ -157,10 +159,12 @@ class EveryOption(unittest.TestCase):
         self.assertEqual(c["image"], "registry.example.com/mirror/ferrolb-controller:v9.9.9")
         s = container(self.docs, "DaemonSet")
         for arg in ("--forwarding=none", "--peer-port=17946", "--heartbeat-interval-ms=200",
-                    "--peer-timeout-ms=1000", "--startup-settle-ms=3000", "--lease-seconds=15",
+                    "--peer-timeout-ms=1000", "--startup-settle-ms=3000", "--lease-seconds=15", "--restart-grace-ms=60000",
                     "--exclude-interfaces=veth*,cni0", "--bgp=bird", "--bgp-route-table=201", "--bgp-dir=/run/bird"):
             self.assertIn(arg, s["args"])
         self.assertIn({"name": "bird", "mountPath": "/run/bird"}, s["volumeMounts"])
+        self.assertIn("--state-dir=/run/ferrolb", s["args"])
+        self.assertIn({"name": "state", "mountPath": "/run/ferrolb"}, s["volumeMounts"])
         (deploy,) = of_kind(self.docs, "Deployment")
         self.assertEqual(deploy["spec"]["replicas"], 3)
         self.assertIn("nodeAffinity", deploy["spec"]["template"]["spec"]["affinity"])

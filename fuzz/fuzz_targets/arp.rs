@@ -10,7 +10,7 @@ const OURS: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 fuzz_target!(|frame: &[u8]| {
     let parsed = arp::parse(frame);
     let _ = parsed.and_then(|a| a.claim());
-    if let Some((vip, reply)) = arp::answer(frame, OURS, |_| true) {
+    if let Some((vip, reply)) = arp::answer(frame, OURS, |_| Some(OURS)) {
         let Some(Arp::Request { sender_mac, sender_ip, target_ip }) = parsed else {
             panic!("answered a frame that is not a request: {parsed:?}");
         };

@@ -9,7 +9,7 @@ const OURS: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 
 fuzz_target!(|frame: &[u8]| {
     let parsed = ndp::parse(frame);
-    if let Some((target, advert)) = ndp::answer(frame, OURS, |_| true) {
+    if let Some((target, advert)) = ndp::answer(frame, OURS, |_| Some(OURS)) {
         assert!(matches!(parsed, Some(Ndp::Solicit { target: t, .. }) if t == target), "answered {parsed:?}");
         match ndp::parse(&advert) {
             Some(Ndp::Advert { target: t, .. }) => assert_eq!(t, target),

@@ -2,7 +2,7 @@
 //! own builders, so the fuzzer starts from frames and messages the speaker really sees.
 //! `cargo run --bin seeds` (in `fuzz/`).
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use ferrolb_speaker::l2::{arp, ndp};
@@ -42,9 +42,13 @@ fn main() {
         sequence: 42,
         sent_at_ms: 1_764_000_000_000,
         leaving: false,
+        restarting: false,
+        settling: false,
+        claims: [(IpAddr::V4(vip), MAC), (IpAddr::V6(v6), MAC)].into_iter().collect(),
     };
     write("heartbeat", "plain", &heartbeat::encode(&hb, None));
     write("heartbeat", "signed", &heartbeat::encode(&hb, Some(b"fuzzing-secret")));
+    write("heartbeat", "restarting", &heartbeat::encode(&Heartbeat { restarting: true, ..hb.clone() }, None));
     write("heartbeat", "leaving", &heartbeat::encode(&Heartbeat { leaving: true, ..hb }, None));
     for (i, entry) in [
         "198.51.100.0/24",

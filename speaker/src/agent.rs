@@ -1,6 +1,8 @@
 //! Wiring only: the watch caches, membership (Lease and heartbeats), the announcing protocols, the
 //! reporter and the forwarding driver, and the loop that feeds them — the view when the caches
-//! change, liveness on every heartbeat tick. On shutdown the addresses are handed over first.
+//! change, liveness on every heartbeat tick. On shutdown the speaker either restarts in place
+//! (its node stays: table, addresses and Lease are left as they are, the peers hold them) or
+//! hands its addresses over first (its node goes away).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -19,9 +21,11 @@ use crate::announce::Announcer;
 use crate::bgp::announcer::{BgpAnnouncer, Daemon};
 use crate::bgp::driver;
 use crate::forwarding::driver::Driver;
+use crate::l2::Mac;
 use crate::l2::announcer::L2Announcer;
 use crate::l2::interfaces::Choice;
 use crate::membership::liveness::{Liveness, Timings};
+use crate::membership::restart::{self, Exit};
 use crate::membership::{lease, udp};
 use crate::metrics::Metrics;
 use crate::report::{REWRITE_EVERY, Reporter};
@@ -49,6 +53,8 @@ pub struct Config {
     pub exclude_interfaces: Vec<String>,
     /// BGP mode, when on (`--bgp bird|external`).
     pub bgp: Option<BgpConfig>,
+    /// Where the claims are kept between runs (`--state-dir`).
+    pub state_dir: std::path::PathBuf,
 }
 
 /// BGP mode's settings.
@@ -141,7 +147,7 @@ pub async fn run(
 
     let any: IpAddr = if my_ip.is_ipv4() { [0, 0, 0, 0].into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
     let socket = Arc::new(UdpSocket::bind(SocketAddr::new(any, cfg.peer_port)).await.map_err(io)?);
-    // Woken by a leaving peer's heartbeat and by what the announcers see on the wire.
+    // Woken by news in a peer's heartbeat and by what the announcers see on the wire.
     let wake = Arc::new(Notify::new());
     let liveness = Arc::new(Mutex::new(Liveness::default()));
     let refused = Arc::new(udp::Refused::default());
@@ -154,6 +160,12 @@ pub async fn run(
         wake.clone(),
     ));
     let mut heartbeats = udp::Sender::new(&cfg.node, cfg.secret.clone());
+    // What this node announced in its previous run, if it was restarted in place: held for it by
+    // its peers until it has heard them and knows which are still its own.
+    let mut claims: BTreeMap<IpAddr, Mac> = restart::load(&cfg.state_dir);
+    if !claims.is_empty() {
+        tracing::info!(addresses = claims.len(), "restarted in place: resuming the previous run's addresses");
+    }
 
     let mut announcers: Vec<Box<dyn Announcer>> = vec![Box::new(L2Announcer::new(
         &cfg.node,
@@ -188,14 +200,18 @@ pub async fn run(
         }
         let peers = peers(&caches.leases);
         metrics.registered.set(i64::try_from(peers.len()).unwrap_or(i64::MAX));
-        if ticked {
-            heartbeats.send(&socket, &peers, false).await;
-        }
+        let kernel_answered = if ticked {
+            let status = udp::Status { settling: !settled, ..udp::Status::default() };
+            heartbeats.send(&peers, status, &claims).await
+        } else {
+            Vec::new()
+        };
         crate::metrics::raise_to(&metrics.refused, refused.total());
         let now = Instant::now();
-        let alive = {
+        let members = {
             let mut l = liveness.lock().unwrap_or_else(|e| e.into_inner());
             l.set_registered(peers.into_keys(), now);
+            kernel_answered.iter().for_each(|p| l.kernel_answered(p, now));
             // Announce nothing until the peers are heard (or the grace is over), so a starting
             // speaker never takes an address a live peer holds. Decided once, at start.
             if !settled {
@@ -203,10 +219,15 @@ pub async fn run(
                 let usable = nodes.iter().map(|n| read::node(n)).filter(|n| n.usable).map(|n| n.name);
                 let expects: Vec<String> = usable.collect();
                 settled = l.settled(&cfg.node, expects.iter().map(String::as_str), started.elapsed(), &cfg.timings);
+                if settled {
+                    // Of the previous run's addresses, keep those no other node has taken since.
+                    let others = l.members(&cfg.node, true, &BTreeMap::new(), &cfg.timings, now).claims;
+                    claims.retain(|ip, _| !others.values().any(|c| c.contains_key(ip)));
+                }
             }
-            l.alive(&cfg.node, false, &cfg.timings, now)
+            l.members(&cfg.node, false, &claims, &cfg.timings, now)
         };
-        metrics.peers.set(alive.len() as i64);
+        metrics.peers.set(members.alive.len() as i64);
         if !settled {
             continue;
         }
@@ -222,8 +243,15 @@ pub async fn run(
         let recheck = new_view || conditions_checked.is_none_or(|t| now.saturating_duration_since(t) >= REWRITE_EVERY);
         for a in announcers.iter_mut() {
             a.tick(now);
-            a.update(&view, &alive, now);
+            a.update(&view, &members, now);
             reporter.publish(a.take_notices());
+        }
+        let now_claimed: BTreeMap<IpAddr, Mac> = announcers.iter().flat_map(|a| a.claims()).collect();
+        if now_claimed != claims {
+            claims = now_claimed;
+            if let Err(e) = restart::save(&cfg.state_dir, &claims) {
+                tracing::warn!(error = %e, dir = %cfg.state_dir.display(), "cannot keep the claims for a restart in place");
+            }
         }
         // One condition per address: what every protocol says of it, joined.
         let mut announced: BTreeMap<IpAddr, String> = BTreeMap::new();
@@ -239,19 +267,66 @@ pub async fn run(
         }
     }
 
-    // Hand over: tell the peers we are leaving, keep answering until another node has announced
-    // every address we hold, then stop.
+    // Asked of the API server, not the cache: a cordon just before SIGTERM (a drain) must count.
+    let asked = tokio::time::timeout(Duration::from_secs(2), Api::<Node>::all(client.clone()).get_opt(&cfg.node)).await;
+    let node = match asked {
+        Ok(Ok(node)) => node,
+        _ => caches.nodes.get(&kube::runtime::reflector::ObjectRef::new(&cfg.node)).map(|n| (*n).clone()),
+    };
+    let exit = restart::exit(node.as_ref(), !cfg.timings.hold.is_zero());
+    let status = match &exit {
+        Exit::Restart => {
+            // Our node stays: leave the table, the addresses and the Lease as they are; the peers
+            // hold our claims (and answer for them) until the next run is back. Only what cannot
+            // outlive this process (BGP sessions of the BIRD we run) is handed over.
+            tracing::info!(addresses = claims.len(), grace = ?cfg.timings.hold, "restarting in place: addresses stay on this node");
+            if let Err(e) = restart::save(&cfg.state_dir, &claims) {
+                tracing::warn!(error = %e, "cannot keep the claims: the next run starts afresh");
+            }
+            announcers.retain(|a| !a.survives_restart());
+            udp::Status { restarting: true, ..udp::Status::default() }
+        }
+        Exit::Leave(reason) => {
+            tracing::info!(%reason, "leaving for good: handing addresses over");
+            restart::forget(&cfg.state_dir);
+            claims.clear();
+            let _ = lease::unregister(&leases_api, &cfg.node).await;
+            udp::Status { leaving: true, ..udp::Status::default() }
+        }
+    };
+    hand_over(&cfg, announcers, &mut heartbeats, status, &claims, &caches, &wake).await;
+    tasks.shutdown().await;
+    if let Some(d) = driver {
+        match exit {
+            Exit::Restart => d.detach(),
+            Exit::Leave(_) => d.stop().await,
+        }
+    }
+    Ok(())
+}
+
+/// Tells the peers how we end (`status`, with our `claims`) and keeps answering until another
+/// node has taken over what `announcers` hold (or the deadline passed).
+async fn hand_over(
+    cfg: &Config,
+    mut announcers: Vec<Box<dyn Announcer>>,
+    heartbeats: &mut udp::Sender,
+    status: udp::Status,
+    claims: &BTreeMap<IpAddr, Mac>,
+    caches: &Caches,
+    wake: &Notify,
+) {
     let mut pending: BTreeSet<IpAddr> = announcers.iter_mut().flat_map(|a| a.not_yet_taken_over()).collect();
-    tracing::info!(addresses = pending.len(), "leaving: handing addresses over");
     let deadline = tokio::time::Instant::now() + HAND_OVER_DEADLINE;
     for _ in 0..3 {
-        heartbeats.send(&socket, &peers(&caches.leases), true).await;
+        heartbeats.send(&peers(&caches.leases), status, claims).await;
     }
-    let _ = lease::unregister(&leases_api, &cfg.node).await;
     while !pending.is_empty() {
         tokio::select! {
             _ = wake.notified() => {}
-            _ = tokio::time::sleep(cfg.timings.interval) => heartbeats.send(&socket, &peers(&caches.leases), true).await,
+            _ = tokio::time::sleep(cfg.timings.interval) => {
+                heartbeats.send(&peers(&caches.leases), status, claims).await;
+            }
             _ = tokio::time::sleep_until(deadline) => break,
         }
         pending = announcers.iter_mut().flat_map(|a| a.not_yet_taken_over()).collect();
@@ -259,10 +334,4 @@ pub async fn run(
     if !pending.is_empty() {
         tracing::warn!(addresses = ?pending, "no other node took these over before the deadline");
     }
-    drop(announcers);
-    tasks.shutdown().await;
-    if let Some(d) = driver {
-        d.stop().await;
-    }
-    Ok(())
 }

@@ -1,8 +1,19 @@
 //! Which nodes may announce an address (the eligibility rule every announcing protocol shares),
-//! and which one of them does in L2 mode: deterministic and stateless rendezvous hashing. Every
-//! speaker ranks the eligible nodes for an address by a hash of (node, address) and the first one
-//! announces. Removing a node that is not the winner moves nothing; removing the winner moves only
-//! its addresses, spread over the others. Pure.
+//! and which one of them does in L2 mode. Every speaker ranks the eligible nodes for an address by
+//! a hash of (node, address) — rendezvous hashing — and, from the same inputs, reaches the same
+//! answer:
+//! - an eligible node that already announces the address (its heartbeats claim it) keeps it, so
+//!   an address never moves back to a node that returns (no flap-back); of several claimants
+//!   (after a partition heals) the highest-ranked keeps it and the others drop their claims;
+//! - an address nobody eligible claims goes to the highest-ranked eligible node that is speaking
+//!   or has just started (settling: the address waits the moment it takes to hear its peers,
+//!   rather than sticking to whichever node started first);
+//! - an owner that is held (its speaker restarting in place, its node up) keeps its addresses, and
+//!   the highest-ranked speaking node stands in: it answers ARP/NDP for them with the owner's MAC,
+//!   so clients keep sending to the owner's node, which still forwards.
+//!
+//! Removing a node that is not the owner moves nothing; removing the owner moves only its
+//! addresses, spread over the others. Pure.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -10,6 +21,8 @@ use std::net::IpAddr;
 use ferrolb_crds::{ServiceKey, selector};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
+use crate::l2::Mac;
+use crate::membership::liveness::Members;
 use crate::state::{ServiceView, View};
 
 /// FNV-1a 64 followed by a SplitMix64 finaliser: stable across processes, versions and platforms,
@@ -72,32 +85,59 @@ pub fn eligible<'a>(
         .collect()
 }
 
+/// The owner of `address` among the `eligible` nodes: the highest-ranked one that `claims` it,
+/// else the highest-ranked one that may take a new address (`fresh`: speaking or settling, not
+/// restarting).
+pub fn owner<'a>(
+    eligible: &[&'a str],
+    address: &IpAddr,
+    claims: impl Fn(&str) -> bool,
+    fresh: impl Fn(&str) -> bool,
+) -> Option<&'a str> {
+    let ranked = rank(eligible.iter().copied(), address);
+    ranked.iter().copied().find(|n| claims(n)).or_else(|| ranked.iter().copied().find(|n| fresh(n)))
+}
+
 /// Who announces one address in L2 mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Announcement {
-    /// The announcing node, if any node is eligible.
+    /// The owning node, if any node is eligible.
     pub winner: Option<String>,
+    /// While the owner is held (restarting in place): the node answering for it, and the owner's
+    /// MAC it answers with.
+    pub stand_in: Option<(String, Mac)>,
     /// The Services using the address.
     pub services: Vec<ServiceKey>,
     /// Interface names or globs to announce on (empty: every suitable one).
     pub interfaces: Vec<String>,
 }
 
-/// Who announces every address in L2 mode, given the speakers alive now. Every speaker computes
-/// the same answer from the same inputs, so exactly one node answers for each address.
-pub fn announcements(view: &View, alive: &BTreeSet<String>) -> BTreeMap<IpAddr, Announcement> {
+/// Who announces every address in L2 mode, given the speakers alive now and what they claim.
+/// Every speaker computes the same answer from the same inputs, so exactly one node answers for
+/// each address.
+pub fn announcements(view: &View, members: &Members) -> BTreeMap<IpAddr, Announcement> {
     let mut out = BTreeMap::new();
     for (ip, services) in view.by_address() {
         // Shared addresses come from one pool; the first Service's pool speaks for all.
         let pool = view.pools.get(&services[0].pool);
         let eligible = match pool {
-            Some(p) if p.enabled => eligible(view, &services, p.node_selector.as_ref(), alive),
+            Some(p) if p.enabled => eligible(view, &services, p.node_selector.as_ref(), &members.alive),
             _ => Vec::new(),
         };
+        let mac_of = |n: &str| members.claims.get(n).and_then(|c| c.get(&ip)).copied();
+        let speaking = |n: &str| !members.held.contains(n);
+        let fresh = |n: &str| speaking(n) || members.settling.contains(n);
+        let winner = owner(&eligible, &ip, |n| mac_of(n).is_some(), fresh);
+        let stand_in = winner.filter(|w| !speaking(w)).and_then(|w| {
+            let mac = mac_of(w)?;
+            let ranked = rank(eligible.iter().copied(), &ip);
+            ranked.into_iter().find(|n| speaking(n)).map(|n| (n.to_string(), mac))
+        });
         out.insert(
             ip,
             Announcement {
-                winner: winner(eligible, &ip).map(String::from),
+                winner: winner.map(String::from),
+                stand_in,
                 services: services.iter().map(|s| s.key.clone()).collect(),
                 interfaces: pool.map(|p| p.interfaces.clone()).unwrap_or_default(),
             },
@@ -155,8 +195,12 @@ mod tests {
         }
     }
 
-    fn all() -> BTreeSet<String> {
-        ["n1", "n2", "n3"].iter().map(|s| s.to_string()).collect()
+    fn alive(names: impl IntoIterator<Item = String>) -> Members {
+        Members { alive: names.into_iter().collect(), ..Members::default() }
+    }
+
+    fn all() -> Members {
+        alive(["n1", "n2", "n3"].iter().map(|s| s.to_string()))
     }
 
     #[test]
@@ -184,7 +228,7 @@ mod tests {
         v.services.get_mut(&local).unwrap().ready_nodes.clear();
         assert_eq!(announcements(&v, &all())[&ip("198.51.100.2")].winner, None, "no ready endpoint, no announcement");
         let first = announcements(&v, &all())[&ip("198.51.100.1")].winner.clone().unwrap();
-        let survivors: BTreeSet<String> = all().into_iter().filter(|n| *n != first).collect();
+        let survivors = alive(all().alive.into_iter().filter(|n| *n != first));
         let second = announcements(&v, &survivors)[&ip("198.51.100.1")].winner.clone().unwrap();
         assert_ne!(first, second, "the address moves when its node dies");
         v.nodes.get_mut(&second).unwrap().usable = false;
@@ -225,7 +269,79 @@ mod tests {
         assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
     }
 
+    #[test]
+    fn a_claimed_address_stays_and_a_held_owner_gets_a_stand_in() {
+        let v = view();
+        let a = ip("198.51.100.1");
+        let ranked = rank(["n1", "n2", "n3"], &a);
+        let (top, last) = (ranked[0].to_string(), ranked[2].to_string());
+        // The lowest-ranked node holds the address (it took it while the others were away).
+        let mut m = all();
+        m.claims.insert(last.clone(), BTreeMap::from([(a, [2, 0, 0, 0, 0, 3])]));
+        let d = announcements(&v, &m);
+        assert_eq!(d[&a].winner.as_deref(), Some(last.as_str()), "the returning higher-ranked nodes take nothing");
+        assert_eq!(d[&a].stand_in, None);
+        // Its speaker restarts in place: it keeps the address; the top speaking node stands in.
+        m.held.insert(last.clone());
+        let d = announcements(&v, &m);
+        assert_eq!(d[&a].winner.as_deref(), Some(last.as_str()));
+        assert_eq!(d[&a].stand_in, Some((top.clone(), [2, 0, 0, 0, 0, 3])));
+        // A restarting node takes nothing new: the unclaimed 198.51.100.3 goes to nobody (only n1
+        // is selected, and it is held); a settling one is waited for.
+        let mut m = all();
+        m.held.insert("n1".into());
+        assert_eq!(announcements(&v, &m)[&ip("198.51.100.3")].winner, None);
+        m.settling.insert("n1".into());
+        assert_eq!(announcements(&v, &m)[&ip("198.51.100.3")].winner.as_deref(), Some("n1"));
+        assert_eq!(announcements(&v, &m)[&ip("198.51.100.3")].stand_in, None, "nobody answers with no MAC");
+        // Two claimants (a partition healed): the higher-ranked one keeps it.
+        let mut m = all();
+        for n in [&top, &last] {
+            m.claims.insert(n.clone(), BTreeMap::from([(a, [2, 0, 0, 0, 0, 9])]));
+        }
+        assert_eq!(announcements(&v, &m)[&a].winner.as_deref(), Some(top.as_str()));
+    }
+
     proptest! {
+        /// A node that returns (not claiming) never takes a live, eligible owner's address.
+        #[test]
+        fn no_flap_back(nodes in proptest::collection::btree_set("[a-z]{1,6}", 2..7), addr: u32, pick: usize, back: usize) {
+            let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
+            let a = IpAddr::V4(addr.into());
+            let owner_now = nodes[pick % nodes.len()];
+            let returning = nodes[back % nodes.len()];
+            let without: Vec<&str> = nodes.iter().copied().filter(|n| *n != returning || *n == owner_now).collect();
+            for eligible in [&without, &nodes] {
+                prop_assert_eq!(owner(eligible, &a, |n| n == owner_now, |_| true), Some(owner_now));
+            }
+        }
+
+        /// From any claims at all (after a partition heals), every node computes the same owner;
+        /// once the others drop their claims the owner stays: two owners never persist.
+        #[test]
+        fn two_owners_never_persist(
+            nodes in proptest::collection::btree_set("[a-z]{1,6}", 1..7),
+            claiming in proptest::collection::vec(any::<bool>(), 7),
+            held in proptest::collection::vec(any::<bool>(), 7),
+            addr: u32,
+        ) {
+            let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
+            let a = IpAddr::V4(addr.into());
+            let claims = |n: &str| nodes.iter().position(|x| *x == n).is_some_and(|i| claiming[i]);
+            let fresh = |n: &str| nodes.iter().position(|x| *x == n).is_some_and(|i| !held[i]);
+            let mut shuffled = nodes.clone();
+            shuffled.reverse();
+            let first = owner(&nodes, &a, claims, fresh);
+            prop_assert_eq!(first, owner(&shuffled, &a, claims, fresh), "order of the inputs matters");
+            if let Some(w) = first {
+                // The next round: only the owner claims it.
+                prop_assert_eq!(owner(&nodes, &a, |n| n == w, fresh), Some(w));
+                prop_assert!(claims(w) || fresh(w), "a held node took an address it did not claim");
+            } else {
+                prop_assert!(nodes.iter().all(|n| !claims(n) && !fresh(n)));
+            }
+        }
+
         #[test]
         fn removing_a_non_winner_moves_nothing(nodes in proptest::collection::btree_set("[a-z]{1,8}", 2..8), addr: u32, pick: usize) {
             let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();

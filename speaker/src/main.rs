@@ -86,6 +86,14 @@ struct Args {
     /// (milliseconds).
     #[arg(long, default_value_t = 2000)]
     startup_settle_ms: u64,
+    /// How long peers keep this speaker's addresses on its node while it restarts in place (its
+    /// node still up), in milliseconds; 0 hands them over on every exit.
+    #[arg(long, default_value_t = 30_000)]
+    restart_grace_ms: u64,
+    /// A directory on the host that does not outlive a reboot (as the kernel's table does not),
+    /// where the speaker keeps what it announces for its next run.
+    #[arg(long, default_value = "/run/ferrolb")]
+    state_dir: PathBuf,
     /// How long the speaker's Lease lasts without renewal (seconds).
     #[arg(long, default_value_t = 10)]
     lease_seconds: u64,
@@ -147,7 +155,9 @@ async fn run(args: Args) -> Result<(), telemetry::Error> {
             interval: Duration::from_millis(args.heartbeat_interval_ms.max(10)),
             timeout: Duration::from_millis(args.peer_timeout_ms.max(20)),
             grace: Duration::from_millis(args.startup_settle_ms),
+            hold: Duration::from_millis(args.restart_grace_ms),
         },
+        state_dir: args.state_dir,
         lease_duration: Duration::from_secs(args.lease_seconds.max(3)),
         forwarding: args.forwarding == Forwarding::Nftables,
         bgp: match args.bgp {

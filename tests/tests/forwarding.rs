@@ -172,7 +172,10 @@ async fn vip_traffic_reaches_the_backends_with_cluster_and_local_policy() {
     let pods: BTreeSet<&str> = answers.iter().filter_map(|a| a.split_whitespace().next()).collect();
     assert_eq!(pods.len(), 1, "Local policy reaches only the announcing node's pod: {answers:?}");
 
-    // Stopping a speaker (SIGTERM, as Kubernetes does) removes its table.
+    // Stopping a speaker whose node goes away (cordoned, then SIGTERM) removes its table.
+    for n in &lab.topology.nodes {
+        lab.cordon(&n.name).await.unwrap();
+    }
     let mut running = running;
     let speakers = std::mem::take(&mut running.speakers);
     tokio::task::spawn_blocking(move || {

@@ -173,7 +173,11 @@ async fn the_charts_rbac_is_exactly_what_the_binaries_use() {
     .await;
     netns::exec(&n1, "nft", &["delete", "table", "ip", "filter"]).unwrap();
 
-    // A speaker leaving (SIGTERM) unregisters; a controller leaving releases its Lease.
+    // A speaker leaving (its node cordoned, then SIGTERM) unregisters; a controller leaving
+    // releases its Lease.
+    for n in &lab.topology.nodes {
+        lab.cordon(&n.name).await.unwrap();
+    }
     let speakers = std::mem::take(&mut running.speakers);
     tokio::task::spawn_blocking(move || {
         for mut p in speakers {

@@ -179,7 +179,7 @@ async fn lab_with_service(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_hands_over_without_a_gap() {
+async fn sigterm_on_a_cordoned_node_hands_over_without_a_gap_and_removes_the_table() {
     if !common::lab_prerequisites() {
         return;
     }
@@ -187,6 +187,8 @@ async fn sigterm_hands_over_without_a_gap() {
     let names: Vec<String> = lab.topology.nodes.iter().map(|n| n.name.clone()).collect();
     let next = election::rank(names.iter().map(String::as_str), &IpAddr::V4(vip))[1].to_string();
     let idx = names.iter().position(|n| *n == winner).unwrap();
+    // Drained: its node goes away, so its speaker hands over (a node that stays restarts in place).
+    lab.cordon(&winner).await.unwrap();
     let mut old = speakers.remove(idx);
     let stopping = tokio::task::spawn_blocking(move || {
         let status = old.terminate().unwrap();
@@ -211,6 +213,9 @@ async fn sigterm_hands_over_without_a_gap() {
         mac_of(&lab, &next),
         "the runner-up announces after the hand-over"
     );
+    let ns = &lab.topology.nodes[idx].namespace;
+    let listed = netns::exec(ns, "nft", &["list", "tables"]).unwrap_or_default();
+    assert!(!listed.contains("ferrolb"), "a speaker leaving for good removes its table");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,6 +236,9 @@ async fn forged_heartbeats_are_ignored_and_a_foreign_answer_raises_a_conflict_ev
         sequence: u64::MAX,
         sent_at_ms: ferrolb_speaker::membership::udp::now_ms(),
         leaving: true,
+        restarting: false,
+        settling: false,
+        claims: Default::default(),
     };
     let bytes = encode(&forged, Some(b"not-the-key"));
     let targets: Vec<std::net::SocketAddr> = lab

@@ -166,7 +166,10 @@ async fn the_speakers_view_forgets_what_was_deleted_in_the_gap() {
             }
         }
     });
-    let alive = BTreeSet::from(["node-1".to_string()]);
+    let alive = ferrolb_speaker::membership::liveness::Members {
+        alive: BTreeSet::from(["node-1".to_string()]),
+        ..Default::default()
+    };
     let announced = |seen: &std::sync::Mutex<ferrolb_speaker::state::View>| -> BTreeSet<String> {
         election::announcements(&seen.lock().unwrap(), &alive)
             .into_iter()

@@ -15,6 +15,7 @@ use super::peers::{self, PeerView};
 use super::{bird, routes};
 use crate::announce::{Announcer, Notice};
 use crate::election;
+use crate::membership::liveness::Members;
 use crate::state::View;
 
 /// After the routes are gone from the table, how long the daemon is given to send the
@@ -102,7 +103,8 @@ fn place(me: &str, advertisers: &[String]) -> String {
 }
 
 impl Announcer for BgpAnnouncer {
-    fn update(&mut self, view: &View, alive: &BTreeSet<String>, _now: Instant) {
+    fn update(&mut self, view: &View, members: &Members, _now: Instant) {
+        let alive = &members.alive;
         let (peers, named) = self.peers(view);
         let plan = if self.leaving.is_some() {
             routes::Plan::default()
@@ -129,7 +131,7 @@ impl Announcer for BgpAnnouncer {
 
         // One node tells the Services: the L2 winner where the pool also uses L2 (its message
         // then has both parts), else the first advertiser in the election's order.
-        let l2 = election::announcements(view, alive);
+        let l2 = election::announcements(view, members);
         let mut announced = BTreeMap::new();
         for (ip, advertisers) in &plan.advertisers {
             if advertisers.is_empty() || !plan.routes.keys().any(|n| n.contains(*ip)) {

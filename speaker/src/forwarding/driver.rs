@@ -61,6 +61,12 @@ impl Driver {
         });
     }
 
+    /// Stops applying and leaves the table in the kernel (a restart in place: the next run adopts
+    /// it, and established connections keep their state meanwhile).
+    pub fn detach(self) {
+        self.task.abort();
+    }
+
     /// Stops applying and removes the table.
     pub async fn stop(self) {
         self.task.abort();

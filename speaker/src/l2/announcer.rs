@@ -1,6 +1,7 @@
 //! The L2 announcing protocol (shaped like MetalLB's `layer2/announcer.go`): from the election's
-//! answer, the addresses this node owns; a responder per suitable interface answering ARP/NDP for
-//! them; a gratuitous announcement on every takeover, repeated; and other hosts' claims judged as
+//! answer, the addresses this node owns and those it stands in for (a restarting owner's, answered
+//! with the owner's MAC); a responder per suitable interface answering ARP/NDP for them; a
+//! gratuitous announcement on every takeover, repeated; and other hosts' claims judged as
 //! conflicts (or, while leaving, as the hand-over completing).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -10,12 +11,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc};
 
+use super::Mac;
 use super::conflict::{Conflicts, Verdict};
 use super::gratuitous::Repeats;
 use super::interfaces::{self, Choice, Interface};
 use super::responder::{Responder, Seen};
 use crate::announce::{Announcer, Notice};
 use crate::election;
+use crate::membership::liveness::Members;
 use crate::metrics::{self, AddressLabel, Metrics};
 use crate::report;
 use crate::state::View;
@@ -36,6 +39,10 @@ pub struct L2Announcer {
     scanned: Option<Instant>,
     /// The addresses this node announces, with the interface patterns of their pools.
     mine: BTreeMap<IpAddr, Vec<String>>,
+    /// The addresses this node answers for on behalf of a restarting owner: its MAC, the patterns.
+    standing_in: BTreeMap<IpAddr, (Mac, Vec<String>)>,
+    /// Each owned address with the MAC of the first interface answering for it.
+    claims: BTreeMap<IpAddr, Mac>,
     /// When this node took each of its addresses over.
     owned_since: BTreeMap<IpAddr, Instant>,
     /// Where each announced address is answered ("on eth0, eth1").
@@ -63,6 +70,8 @@ impl L2Announcer {
             choice,
             scanned: None,
             mine: BTreeMap::new(),
+            standing_in: BTreeMap::new(),
+            claims: BTreeMap::new(),
             owned_since: BTreeMap::new(),
             announced: BTreeMap::new(),
             repeats: Repeats::default(),
@@ -108,13 +117,12 @@ impl L2Announcer {
         let mut gratuitous = 0;
         let mut on: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
         let mut fresh: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+        let mut claims: BTreeMap<IpAddr, Mac> = self.mine.keys().map(|ip| (*ip, [0; 6])).collect();
         for iface in &self.interfaces {
-            let owned: BTreeSet<IpAddr> = self
-                .mine
-                .iter()
-                .filter(|(_, patterns)| self.choice.answers_on(patterns, &iface.name))
-                .map(|(ip, _)| *ip)
-                .collect();
+            let answers_on = |patterns: &Vec<String>| self.choice.answers_on(patterns, &iface.name);
+            let mut owned: BTreeMap<IpAddr, Mac> =
+                self.standing_in.iter().filter(|(_, (_, p))| answers_on(p)).map(|(ip, (mac, _))| (*ip, *mac)).collect();
+            owned.extend(self.mine.iter().filter(|(_, p)| answers_on(p)).map(|(ip, _)| (*ip, iface.mac)));
             if !self.responders.contains_key(&iface.name) {
                 if owned.is_empty() {
                     continue;
@@ -130,10 +138,15 @@ impl L2Announcer {
                 }
             }
             let Some(r) = self.responders.get_mut(&iface.name) else { continue };
-            for ip in &owned {
+            for ip in owned.iter().filter(|(_, m)| **m == iface.mac).map(|(ip, _)| ip) {
                 on.entry(*ip).or_default().push(iface.name.clone());
+                claims.entry(*ip).and_modify(|m| {
+                    if *m == [0; 6] {
+                        *m = iface.mac;
+                    }
+                });
             }
-            for ip in r.set_owned(&owned) {
+            for ip in r.set_answered(&owned) {
                 r.announce(ip);
                 fresh.entry(ip).or_default().push(iface.name.clone());
                 self.repeats.schedule(&iface.name, ip, now);
@@ -158,16 +171,27 @@ impl L2Announcer {
             self.notices.push(Notice { ip, warning: false, reason: "Announced", message });
         }
         self.announced = on.into_iter().map(|(ip, ifaces)| (ip, place(ifaces))).collect();
+        self.claims = claims;
     }
 }
 
 impl Announcer for L2Announcer {
-    fn update(&mut self, view: &View, alive: &BTreeSet<String>, now: Instant) {
-        let mine: BTreeMap<IpAddr, Vec<String>> = election::announcements(view, alive)
+    fn update(&mut self, view: &View, members: &Members, now: Instant) {
+        let all = election::announcements(view, members);
+        let me = Some(self.node.as_str());
+        let mine: BTreeMap<IpAddr, Vec<String>> =
+            all.iter().filter(|(_, a)| a.winner.as_deref() == me).map(|(ip, a)| (*ip, a.interfaces.clone())).collect();
+        let standing_in: BTreeMap<IpAddr, (Mac, Vec<String>)> = all
             .into_iter()
-            .filter(|(_, a)| a.winner.as_deref() == Some(self.node.as_str()))
-            .map(|(ip, a)| (ip, a.interfaces))
+            .filter_map(|(ip, a)| match a.stand_in {
+                Some((node, mac)) if node == self.node && mac != [0; 6] => Some((ip, (mac, a.interfaces))),
+                _ => None,
+            })
             .collect();
+        if standing_in.keys().ne(self.standing_in.keys()) && !standing_in.is_empty() {
+            tracing::info!(addresses = ?standing_in.keys().collect::<Vec<_>>(), "answering for a restarting node");
+        }
+        self.standing_in = standing_in;
         if mine.keys().ne(self.mine.keys()) {
             self.metrics.election_changes.inc();
             tracing::info!(addresses = ?mine.keys().collect::<Vec<_>>(), "announcing");
@@ -196,6 +220,14 @@ impl Announcer for L2Announcer {
 
     fn announced(&self) -> &BTreeMap<IpAddr, String> {
         &self.announced
+    }
+
+    fn claims(&self) -> BTreeMap<IpAddr, Mac> {
+        self.claims.clone()
+    }
+
+    fn survives_restart(&self) -> bool {
+        true
     }
 
     fn take_notices(&mut self) -> Vec<Notice> {

@@ -104,6 +104,12 @@ pub fn reply(our_mac: Mac, vip: Ipv4Addr, to_mac: Mac, to_ip: Ipv4Addr) -> Vec<u
     build(to_mac, our_mac, true, our_mac, vip, to_mac, to_ip)
 }
 
+/// "`vip` is at `at`", sent from `our_mac` (a stand-in answering for a restarting owner keeps its
+/// own MAC as the frame's source, so switches do not learn the owner's MAC on its port).
+fn reply_for(our_mac: Mac, at: Mac, vip: Ipv4Addr, to_mac: Mac, to_ip: Ipv4Addr) -> Vec<u8> {
+    build(to_mac, our_mac, true, at, vip, to_mac, to_ip)
+}
+
 /// A gratuitous ARP request (an announcement, RFC 5227): broadcast, sender and target both `vip`.
 pub fn gratuitous_request(our_mac: Mac, vip: Ipv4Addr) -> Vec<u8> {
     build(BROADCAST, our_mac, false, our_mac, vip, [0; 6], vip)
@@ -115,11 +121,13 @@ pub fn gratuitous_reply(our_mac: Mac, vip: Ipv4Addr) -> Vec<u8> {
     build(BROADCAST, our_mac, true, our_mac, vip, BROADCAST, vip)
 }
 
-/// The reply `frame` deserves, if it asks for an address `owned` says we announce.
-pub fn answer(frame: &[u8], our_mac: Mac, owned: impl Fn(Ipv4Addr) -> bool) -> Option<(Ipv4Addr, Vec<u8>)> {
+/// The reply `frame` deserves, if it asks for an address `owned` says we answer for, with the
+/// MAC `owned` gives (ours, or a restarting owner's).
+pub fn answer(frame: &[u8], our_mac: Mac, owned: impl Fn(Ipv4Addr) -> Option<Mac>) -> Option<(Ipv4Addr, Vec<u8>)> {
     match parse(frame)? {
-        Arp::Request { sender_mac, sender_ip, target_ip } if owned(target_ip) && sender_mac != our_mac => {
-            Some((target_ip, reply(our_mac, target_ip, sender_mac, sender_ip)))
+        Arp::Request { sender_mac, sender_ip, target_ip } if sender_mac != our_mac => {
+            let at = owned(target_ip)?;
+            Some((target_ip, reply_for(our_mac, at, target_ip, sender_mac, sender_ip)))
         }
         _ => None,
     }
@@ -140,7 +148,7 @@ mod tests {
     #[test]
     fn requests_for_owned_addresses_are_answered_and_others_are_not() {
         let request = build(BROADCAST, THEM, false, THEM, ip("198.51.100.10"), [0; 6], ip("198.51.100.200"));
-        let owned = |a: Ipv4Addr| a == ip("198.51.100.200");
+        let owned = |a: Ipv4Addr| (a == ip("198.51.100.200")).then_some(US);
         let (vip, frame) = answer(&request, US, owned).unwrap();
         assert_eq!(vip, ip("198.51.100.200"));
         assert_eq!(
@@ -152,6 +160,11 @@ mod tests {
         assert_eq!(answer(&other, US, owned), None);
         // Our own announcements looping back are not answered.
         assert_eq!(answer(&gratuitous_request(US, ip("198.51.100.200")), US, owned), None);
+        // Standing in for a restarting owner: its MAC in the answer, ours as the frame's source.
+        const OWNER: Mac = [0x02, 0, 0, 0, 0, 3];
+        let (_, frame) = answer(&request, US, |_| Some(OWNER)).unwrap();
+        assert_eq!(parse(&frame).and_then(|a| a.claim()), Some((ip("198.51.100.200"), OWNER)));
+        assert_eq!(&frame[6..12], &US);
     }
 
     #[test]
@@ -170,7 +183,7 @@ mod tests {
         #[test]
         fn malformed_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
             let _ = parse(&bytes);
-            let _ = answer(&bytes, US, |_| true);
+            let _ = answer(&bytes, US, |_| Some(US));
         }
 
         #[test]

@@ -148,6 +148,12 @@ fn icmpv6_frame(eth_src: Mac, eth_dst: Mac, src: Ipv6Addr, dst: Ipv6Addr, icmp: 
 /// A Neighbor Advertisement for `target` at `our_mac`, from `target` to `to_ip` via `to_mac`.
 /// Override is always set, so a takeover replaces the old entry at once.
 pub fn advert(our_mac: Mac, target: Ipv6Addr, to_mac: Mac, to_ip: Ipv6Addr, solicited: bool) -> Vec<u8> {
+    advert_for(our_mac, our_mac, target, to_mac, to_ip, solicited)
+}
+
+/// An advertisement that `target` is at `at`, sent from `our_mac` (a stand-in for a restarting
+/// owner keeps its own MAC as the frame's source).
+fn advert_for(our_mac: Mac, at: Mac, target: Ipv6Addr, to_mac: Mac, to_ip: Ipv6Addr, solicited: bool) -> Vec<u8> {
     let mut icmp = [0u8; 32];
     icmp[0] = Icmpv6Types::NeighborAdvert.0;
     // Flags: Router (0x80) no, Solicited (0x40) as asked, Override (0x20) yes.
@@ -155,7 +161,7 @@ pub fn advert(our_mac: Mac, target: Ipv6Addr, to_mac: Mac, to_ip: Ipv6Addr, soli
     icmp[8..24].copy_from_slice(&target.octets());
     icmp[24] = NdpOptionTypes::TargetLLAddr.0;
     icmp[25] = 1;
-    icmp[26..32].copy_from_slice(&our_mac);
+    icmp[26..32].copy_from_slice(&at);
     icmpv6_frame(our_mac, to_mac, target, to_ip, &icmp)
 }
 
@@ -164,17 +170,19 @@ pub fn unsolicited(our_mac: Mac, target: Ipv6Addr) -> Vec<u8> {
     advert(our_mac, target, multicast_mac(ALL_NODES), ALL_NODES, false)
 }
 
-/// The advertisement `frame` deserves, if it solicits an address `owned` says we announce.
-pub fn answer(frame: &[u8], our_mac: Mac, owned: impl Fn(Ipv6Addr) -> bool) -> Option<(Ipv6Addr, Vec<u8>)> {
+/// The advertisement `frame` deserves, if it solicits an address `owned` says we answer for,
+/// with the MAC `owned` gives (ours, or a restarting owner's).
+pub fn answer(frame: &[u8], our_mac: Mac, owned: impl Fn(Ipv6Addr) -> Option<Mac>) -> Option<(Ipv6Addr, Vec<u8>)> {
     match parse(frame)? {
-        Ndp::Solicit { eth_src, src, target, source_ll } if owned(target) && eth_src != our_mac => {
+        Ndp::Solicit { eth_src, src, target, source_ll } if eth_src != our_mac => {
+            let at = owned(target)?;
             if src.is_unspecified() {
                 // Duplicate address detection: answer all nodes, not solicited (RFC 4861 §7.2.4).
-                return Some((target, unsolicited(our_mac, target)));
+                return Some((target, advert_for(our_mac, at, target, multicast_mac(ALL_NODES), ALL_NODES, false)));
             }
             // No source link-layer option: a unicast probe; reply to the MAC it came from.
             let to_mac = source_ll.unwrap_or(eth_src);
-            Some((target, advert(our_mac, target, to_mac, src, true)))
+            Some((target, advert_for(our_mac, at, target, to_mac, src, true)))
         }
         _ => None,
     }
@@ -225,7 +233,7 @@ mod tests {
     fn solicitations_are_answered_with_or_without_source_link_layer() {
         let vip = ip("2001:db8::100");
         let client = ip("2001:db8::10");
-        let owned = |a: Ipv6Addr| a == vip;
+        let owned = |a: Ipv6Addr| (a == vip).then_some(US);
         let ns = solicit(THEM, client, vip, true, None);
         assert_eq!(parse(&ns), Some(Ndp::Solicit { eth_src: THEM, src: client, target: vip, source_ll: Some(THEM) }));
         let (_, na) = answer(&ns, US, owned).unwrap();
@@ -242,6 +250,10 @@ mod tests {
         assert_eq!(&na[0..6], &multicast_mac(ALL_NODES));
         // Not ours: silence.
         assert_eq!(answer(&solicit(THEM, client, ip("2001:db8::101"), true, None), US, owned), None);
+        // Standing in for a restarting owner: its MAC in the option, ours as the frame's source.
+        const OWNER: Mac = [0x02, 0, 0, 0, 0, 3];
+        let (_, na) = answer(&ns, US, |_| Some(OWNER)).unwrap();
+        assert_eq!(parse(&na), Some(Ndp::Advert { eth_src: US, target: vip, target_ll: Some(OWNER) }));
     }
 
     #[test]
@@ -267,7 +279,7 @@ mod tests {
         #[test]
         fn malformed_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
             let _ = parse(&bytes);
-            let _ = answer(&bytes, US, |_| true);
+            let _ = answer(&bytes, US, |_| Some(US));
         }
 
         #[test]

@@ -1,8 +1,9 @@
-//! Answers ARP requests and NDP solicitations for the addresses this node announces, on one
-//! interface, from a blocking thread with a raw (AF_PACKET) channel; sends gratuitous frames when
-//! asked; reports other hosts claiming our addresses.
+//! Answers ARP requests and NDP solicitations for the addresses this node announces (and, standing
+//! in for a restarting owner, for its addresses with its MAC), on one interface, from a blocking
+//! thread with a raw (AF_PACKET) channel; sends gratuitous frames when asked; reports other hosts
+//! claiming our addresses.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -41,7 +42,7 @@ pub struct Counters {
 pub struct Responder {
     /// The interface.
     pub interface: Interface,
-    owned: Arc<RwLock<BTreeSet<IpAddr>>>,
+    owned: Arc<RwLock<BTreeMap<IpAddr, Mac>>>,
     out: std::sync::mpsc::Sender<Vec<u8>>,
     stop: Arc<AtomicBool>,
     /// Its counters.
@@ -51,7 +52,7 @@ pub struct Responder {
 }
 
 impl Responder {
-    /// Opens the interface and starts answering for whatever [`Responder::set_owned`] says.
+    /// Opens the interface and starts answering for whatever [`Responder::set_answered`] says.
     /// What it sees goes to `seen`, and `wake` is notified so the announcer looks at it.
     pub fn start(interface: Interface, seen: mpsc::UnboundedSender<Seen>, wake: Arc<Notify>) -> std::io::Result<Self> {
         let config = datalink::Config {
@@ -67,7 +68,7 @@ impl Responder {
             Channel::Ethernet(tx, rx) => (tx, rx),
             _ => return Err(std::io::Error::other("not an Ethernet channel")),
         };
-        let owned: Arc<RwLock<BTreeSet<IpAddr>>> = Arc::default();
+        let owned: Arc<RwLock<BTreeMap<IpAddr, Mac>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
         let (out, out_rx) = std::sync::mpsc::channel::<Vec<u8>>();
@@ -78,7 +79,7 @@ impl Responder {
             std::thread::Builder::new().name(format!("l2-rx-{name}")).spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let Ok(frame) = rx.next() else { continue };
-                    let ours = |ip: IpAddr| owned.read().map(|o| o.contains(&ip)).unwrap_or(false);
+                    let ours = |ip: IpAddr| owned.read().ok().and_then(|o| o.get(&ip).copied());
                     let reply =
                         arp::answer(frame, mac, |a| ours(IpAddr::V4(a))).map(|(ip, f)| (IpAddr::V4(ip), f)).or_else(
                             || ndp::answer(frame, mac, |a| ours(IpAddr::V6(a))).map(|(ip, f)| (IpAddr::V6(ip), f)),
@@ -100,9 +101,11 @@ impl Responder {
                                 _ => None,
                             }
                         });
+                    // Only addresses answered with our own MAC can conflict: a restarting owner
+                    // announcing what we stand in for is expected.
                     if let Some((ip, m)) = claim
                         && m != mac
-                        && ours(ip)
+                        && ours(ip) == Some(mac)
                     {
                         let _ = seen.send(Seen::Conflict { ip, mac: m, interface: name.clone() });
                         wake.notify_one();
@@ -125,17 +128,18 @@ impl Responder {
         Ok(Self { interface, owned, out, stop, counters, groups, joined: BTreeSet::new() })
     }
 
-    /// Sets the addresses to answer for (joining their solicited-node groups); returns those new
-    /// since the last call.
-    pub fn set_owned(&mut self, now: &BTreeSet<IpAddr>) -> Vec<IpAddr> {
+    /// Sets the addresses to answer for, each with the MAC to answer with (joining their
+    /// solicited-node groups); returns those answered with our own MAC that were not before.
+    pub fn set_answered(&mut self, now: &BTreeMap<IpAddr, Mac>) -> Vec<IpAddr> {
+        let mac = self.interface.mac;
         let new: Vec<IpAddr> = {
             let mut o = self.owned.write().unwrap_or_else(|e| e.into_inner());
-            let new = now.difference(&o).copied().collect();
+            let new = now.iter().filter(|(ip, m)| **m == mac && o.get(ip) != Some(&mac)).map(|(ip, _)| *ip).collect();
             *o = now.clone();
             new
         };
         let wanted: BTreeSet<Ipv6Addr> = now
-            .iter()
+            .keys()
             .filter_map(|ip| match ip {
                 IpAddr::V6(v6) => Some(ndp::solicited_node(*v6)),
                 IpAddr::V4(_) => None,

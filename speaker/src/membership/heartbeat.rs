@@ -1,18 +1,30 @@
 //! Heartbeat messages between speakers: encoding, HMAC-SHA256 authentication, and replay
 //! protection. Pure: bytes and clocks in, verdicts out.
 //!
-//! Wire format (big-endian): magic "FLB1" | flags u8 (bit 0: leaving) | sender incarnation u64 |
-//! sequence u64 | sent-at milliseconds u64 | node-name length u8 | node name | [HMAC-SHA256, 32
-//! bytes, over everything before it, when a secret is configured].
+//! Wire format (big-endian): magic "FLB2" | flags u8 (bit 0: leaving, bit 1: restarting, bit 2:
+//! settling) | sender
+//! incarnation u64 | sequence u64 | sent-at milliseconds u64 | node-name length u8 | node name |
+//! claims: group count u16, each group a MAC (6 bytes) | IPv4 count u16 | IPv4 addresses | IPv6
+//! count u16 | IPv6 addresses | [HMAC-SHA256, 32 bytes, over everything before it, when a secret is
+//! configured].
+//!
+//! The claims are the addresses the sender announces with the MAC it answers with: they keep an
+//! address where it is (no flap-back) and let a peer answer for a restarting owner with the
+//! owner's MAC (docs/SPEAKER.md, "Restarts").
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use hmac::{Hmac, Mac};
+use crate::l2::Mac;
+
+use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
 
-const MAGIC: &[u8; 4] = b"FLB1";
+const MAGIC: &[u8; 4] = b"FLB2";
 const TAG_LEN: usize = 32;
 const HEADER_LEN: usize = 4 + 1 + 8 + 8 + 8 + 1;
+/// The largest UDP payload; claims beyond it are left out (and the sender logs it).
+pub const MAX_LEN: usize = 65_507;
 
 /// One heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +39,13 @@ pub struct Heartbeat {
     pub sent_at_ms: u64,
     /// The sender is shutting down: take its addresses over now.
     pub leaving: bool,
+    /// The sender is restarting in place: hold its addresses for it.
+    pub restarting: bool,
+    /// The sender has just started and not yet heard its peers: its claims are not yet final, so
+    /// keep what it claimed before (and answer for it) until it has.
+    pub settling: bool,
+    /// The addresses the sender announces, each with the MAC it answers with.
+    pub claims: BTreeMap<IpAddr, Mac>,
 }
 
 /// Why a message was refused (each one is counted in a metric).
@@ -52,23 +71,63 @@ fn tag(secret: &[u8], body: &[u8]) -> [u8; TAG_LEN] {
     mac.finalize().into_bytes().into()
 }
 
-/// Encodes a heartbeat, signed when `secret` is given.
+/// The claims grouped by MAC, each group's addresses by family, in a fixed order.
+fn groups(claims: &BTreeMap<IpAddr, Mac>) -> BTreeMap<Mac, (Vec<Ipv4Addr>, Vec<Ipv6Addr>)> {
+    let mut out: BTreeMap<Mac, (Vec<Ipv4Addr>, Vec<Ipv6Addr>)> = BTreeMap::new();
+    for (ip, mac) in claims {
+        let g = out.entry(*mac).or_default();
+        match ip {
+            IpAddr::V4(v4) => g.0.push(*v4),
+            IpAddr::V6(v6) => g.1.push(*v6),
+        }
+    }
+    out
+}
+
+/// Encodes a heartbeat, signed when `secret` is given. Claims that would not fit in one datagram
+/// are left out, the last ones first; `claims_fit` says whether all fitted.
 pub fn encode(hb: &Heartbeat, secret: Option<&[u8]>) -> Vec<u8> {
     let name = hb.node.as_bytes();
     let name = &name[..name.len().min(255)];
-    let mut out = Vec::with_capacity(HEADER_LEN + name.len() + TAG_LEN);
+    let mut out = Vec::with_capacity(HEADER_LEN + name.len() + TAG_LEN + 16 * hb.claims.len());
     out.extend_from_slice(MAGIC);
-    out.push(u8::from(hb.leaving));
+    out.push(u8::from(hb.leaving) | (u8::from(hb.restarting) << 1) | (u8::from(hb.settling) << 2));
     out.extend_from_slice(&hb.incarnation.to_be_bytes());
     out.extend_from_slice(&hb.sequence.to_be_bytes());
     out.extend_from_slice(&hb.sent_at_ms.to_be_bytes());
     out.push(name.len() as u8);
     out.extend_from_slice(name);
+    let budget = MAX_LEN - TAG_LEN;
+    let groups = groups(&hb.claims);
+    let count_at = out.len();
+    out.extend_from_slice(&0u16.to_be_bytes());
+    let mut count: u16 = 0;
+    for (mac, (v4, v6)) in groups.iter().take(usize::from(u16::MAX)) {
+        // A group costs 10 bytes plus its addresses; keep what fits.
+        if out.len() + 10 > budget {
+            break;
+        }
+        out.extend_from_slice(mac);
+        let room4 = ((budget - out.len() - 4) / 4).min(v4.len()).min(usize::from(u16::MAX));
+        out.extend_from_slice(&(room4 as u16).to_be_bytes());
+        v4[..room4].iter().for_each(|a| out.extend_from_slice(&a.octets()));
+        let room6 = ((budget - out.len() - 2) / 16).min(v6.len()).min(usize::from(u16::MAX));
+        out.extend_from_slice(&(room6 as u16).to_be_bytes());
+        v6[..room6].iter().for_each(|a| out.extend_from_slice(&a.octets()));
+        count += 1;
+    }
+    out[count_at..count_at + 2].copy_from_slice(&count.to_be_bytes());
     if let Some(secret) = secret {
         let t = tag(secret, &out);
         out.extend_from_slice(&t);
     }
     out
+}
+
+/// Whether every claim of `hb` fits in one datagram.
+pub fn claims_fit(hb: &Heartbeat) -> bool {
+    let encoded = encode(hb, None);
+    decode(&encoded, None).is_ok_and(|d| d.claims.len() == hb.claims.len())
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -77,13 +136,39 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(a)
 }
 
+/// Reads the claims section; None when it is cut short.
+fn read_claims(b: &[u8]) -> Option<(BTreeMap<IpAddr, Mac>, usize)> {
+    let take = |at: &mut usize, n: usize| -> Option<&[u8]> {
+        let s = b.get(*at..at.checked_add(n)?)?;
+        *at += n;
+        Some(s)
+    };
+    let count = |at: &mut usize| take(at, 2).map(|c| usize::from(u16::from_be_bytes([c[0], c[1]])));
+    let mut at = 0;
+    let mut claims = BTreeMap::new();
+    for _ in 0..count(&mut at)? {
+        let mac: Mac = take(&mut at, 6)?.try_into().ok()?;
+        for _ in 0..count(&mut at)? {
+            let o: [u8; 4] = take(&mut at, 4)?.try_into().ok()?;
+            claims.insert(IpAddr::V4(o.into()), mac);
+        }
+        for _ in 0..count(&mut at)? {
+            let o: [u8; 16] = take(&mut at, 16)?.try_into().ok()?;
+            claims.insert(IpAddr::V6(o.into()), mac);
+        }
+    }
+    Some((claims, at))
+}
+
 /// Decodes and authenticates a message (without replay checks; see [`Replay`]).
 pub fn decode(bytes: &[u8], secret: Option<&[u8]>) -> Result<Heartbeat, Refusal> {
     if bytes.len() < HEADER_LEN || &bytes[..4] != MAGIC {
         return Err(Refusal::Malformed);
     }
     let name_len = usize::from(bytes[HEADER_LEN - 1]);
-    let body_len = HEADER_LEN + name_len;
+    let name_end = HEADER_LEN + name_len;
+    let claims_len = bytes.get(name_end..).and_then(read_claims).ok_or(Refusal::Malformed)?.1;
+    let body_len = name_end + claims_len;
     let expected = body_len + if secret.is_some() { TAG_LEN } else { 0 };
     if bytes.len() != expected {
         return Err(if secret.is_some() && bytes.len() == body_len {
@@ -97,7 +182,7 @@ pub fn decode(bytes: &[u8], secret: Option<&[u8]>) -> Result<Heartbeat, Refusal>
         mac.update(&bytes[..body_len]);
         mac.verify_slice(&bytes[body_len..]).map_err(|_| Refusal::BadSignature)?;
     }
-    let node = std::str::from_utf8(&bytes[HEADER_LEN..body_len]).map_err(|_| Refusal::Malformed)?.to_string();
+    let node = std::str::from_utf8(&bytes[HEADER_LEN..name_end]).map_err(|_| Refusal::Malformed)?.to_string();
     if node.is_empty() {
         return Err(Refusal::Malformed);
     }
@@ -107,6 +192,9 @@ pub fn decode(bytes: &[u8], secret: Option<&[u8]>) -> Result<Heartbeat, Refusal>
         sequence: u64_at(bytes, 13),
         sent_at_ms: u64_at(bytes, 21),
         leaving: bytes[4] & 1 == 1,
+        restarting: bytes[4] & 2 == 2,
+        settling: bytes[4] & 4 == 4,
+        claims: read_claims(&bytes[name_end..]).map(|c| c.0).unwrap_or_default(),
     })
 }
 
@@ -146,7 +234,49 @@ mod tests {
     use proptest::prelude::*;
 
     fn hb(seq: u64) -> Heartbeat {
-        Heartbeat { node: "node-a".into(), incarnation: 7, sequence: seq, sent_at_ms: 1_000_000, leaving: false }
+        Heartbeat {
+            node: "node-a".into(),
+            incarnation: 7,
+            sequence: seq,
+            sent_at_ms: 1_000_000,
+            leaving: false,
+            restarting: false,
+            settling: false,
+            claims: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn claims_and_flags_round_trip_and_a_cut_claim_list_is_refused() {
+        let claims: BTreeMap<IpAddr, Mac> = [
+            ("198.51.100.1", [2, 0, 0, 0, 0, 1]),
+            ("2001:db8::1", [2, 0, 0, 0, 0, 1]),
+            ("198.51.100.2", [2, 0, 0, 0, 0, 2]),
+        ]
+        .into_iter()
+        .map(|(ip, mac)| (ip.parse().unwrap(), mac))
+        .collect();
+        let h = Heartbeat { restarting: true, settling: true, claims, ..hb(3) };
+        let bytes = encode(&h, Some(b"k"));
+        assert_eq!(decode(&bytes, Some(b"k")), Ok(h.clone()));
+        assert!(claims_fit(&h));
+        let unsigned = encode(&h, None);
+        assert_eq!(decode(&unsigned[..unsigned.len() - 1], None), Err(Refusal::Malformed));
+        let mut longer = unsigned.clone();
+        longer.push(0);
+        assert_eq!(decode(&longer, None), Err(Refusal::Malformed));
+    }
+
+    #[test]
+    fn claims_that_do_not_fit_one_datagram_are_left_out() {
+        let claims: BTreeMap<IpAddr, Mac> =
+            (0..20_000u32).map(|i| (IpAddr::V4((0xc633_0000 + i).into()), [2, 0, 0, 0, 0, 1])).collect();
+        let h = Heartbeat { claims, ..hb(1) };
+        let bytes = encode(&h, Some(b"k"));
+        assert!(bytes.len() <= MAX_LEN, "{}", bytes.len());
+        let decoded = decode(&bytes, Some(b"k")).unwrap();
+        assert!(decoded.claims.len() > 15_000 && decoded.claims.len() < 20_000, "{}", decoded.claims.len());
+        assert!(!claims_fit(&h));
     }
 
     #[test]
@@ -186,8 +316,11 @@ mod tests {
         }
 
         #[test]
-        fn every_heartbeat_round_trips(node in "[a-z0-9.-]{1,60}", inc: u64, seq: u64, at: u64, leaving: bool) {
-            let h = Heartbeat { node, incarnation: inc, sequence: seq, sent_at_ms: at, leaving };
+        fn every_heartbeat_round_trips(
+            node in "[a-z0-9.-]{1,60}", inc: u64, seq: u64, at: u64, leaving: bool, restarting: bool, settling: bool,
+            claims in proptest::collection::btree_map(any::<IpAddr>(), any::<[u8; 6]>(), 0..40),
+        ) {
+            let h = Heartbeat { node, incarnation: inc, sequence: seq, sent_at_ms: at, leaving, restarting, settling, claims };
             prop_assert_eq!(decode(&encode(&h, Some(b"key")), Some(b"key")), Ok(h));
         }
     }

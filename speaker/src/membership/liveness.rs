@@ -1,30 +1,75 @@
 //! Who is alive: the holders of unexpired speaker Leases, narrowed to those heard from recently
 //! over UDP. The Lease says "this speaker exists"; the heartbeats give the sub-second signal.
+//!
+//! A peer that went silent is not always gone: when its node's kernel still answers (our
+//! heartbeats to its closed port come back as ICMP "port unreachable"), only its speaker stopped —
+//! a restart in place. Such a peer is *held*: it keeps its claims, for at most the restart grace,
+//! so its addresses do not move while its node forwards their traffic (docs/SPEAKER.md). A speaker
+//! that has just started and not yet heard its peers (settling) is held too, with the claims of its
+//! previous run: it learns what is still its own before it claims anything.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
+
+use super::heartbeat::Heartbeat;
+use crate::l2::Mac;
 
 /// Timings of the liveness decision.
 #[derive(Debug, Clone, Copy)]
 pub struct Timings {
     /// How often each speaker sends a heartbeat.
     pub interval: Duration,
-    /// A peer not heard from for this long is dead.
+    /// A peer not heard from for this long is dead, unless its kernel still answers.
     pub timeout: Duration,
     /// At start, how long to wait to hear every registered peer before announcing anything
     /// (so a starting speaker never claims an address a live peer holds).
     pub grace: Duration,
+    /// How long a silent peer whose kernel still answers keeps its addresses (the restart grace).
+    pub hold: Duration,
 }
 
+/// How recent the kernel's last answer must be for a silent peer to be held. Kernels rate-limit
+/// "port unreachable" to about one a second per host (after a burst of six), and we ask ten
+/// times a second.
+pub const KERNEL_WINDOW: Duration = Duration::from_millis(1_500);
+
 impl Default for Timings {
-    /// 100 ms heartbeats, dead after 500 ms of silence: failover well under a second.
+    /// 100 ms heartbeats, dead after 500 ms of silence: failover well under a second; a speaker
+    /// restarted in place keeps its addresses for 30 s.
     fn default() -> Self {
         Self {
             interval: Duration::from_millis(100),
             timeout: Duration::from_millis(500),
             grace: Duration::from_secs(2),
+            hold: Duration::from_secs(30),
         }
     }
+}
+
+/// The speakers the election counts, as this node sees them now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Members {
+    /// Alive: speaking, or held.
+    pub alive: BTreeSet<String>,
+    /// Alive but not answering: restarting in place, or just started and settling (a subset of
+    /// `alive`).
+    pub held: BTreeSet<String>,
+    /// Just started and settling (a subset of `held`): it answers for nothing yet, but addresses
+    /// that are its by rank wait for it rather than stick to another node.
+    pub settling: BTreeSet<String>,
+    /// What each alive node announces, with the MAC it answers with.
+    pub claims: BTreeMap<String, BTreeMap<IpAddr, Mac>>,
+}
+
+/// What we last heard from one peer.
+#[derive(Debug, Clone)]
+struct Peer {
+    at: Instant,
+    leaving: bool,
+    restarting: bool,
+    settling: bool,
+    claims: BTreeMap<IpAddr, Mac>,
 }
 
 /// What we know of each peer.
@@ -32,10 +77,10 @@ impl Default for Timings {
 pub struct Liveness {
     /// Peers with an unexpired Lease, and when we first learned of them.
     registered: BTreeMap<String, Instant>,
-    /// When each peer was last heard.
-    heard: BTreeMap<String, Instant>,
-    /// Peers that said they are leaving (until their Lease is gone or they speak again).
-    leaving: BTreeSet<String>,
+    /// The last heartbeat of each peer.
+    heard: BTreeMap<String, Peer>,
+    /// When each peer's kernel last answered for its closed heartbeat port.
+    kernel: BTreeMap<String, Instant>,
 }
 
 impl Liveness {
@@ -47,17 +92,31 @@ impl Liveness {
             self.registered.entry(p).or_insert(now);
         }
         self.heard.retain(|p, _| self.registered.contains_key(p));
-        self.leaving.retain(|p| self.registered.contains_key(p));
+        self.kernel.retain(|p, _| self.registered.contains_key(p));
     }
 
-    /// Records a heartbeat.
-    pub fn heard(&mut self, peer: &str, leaving: bool, now: Instant) {
-        self.heard.insert(peer.to_string(), now);
-        if leaving {
-            self.leaving.insert(peer.to_string());
-        } else {
-            self.leaving.remove(peer);
-        }
+    /// Records a heartbeat; true when it says something new about the peer's presence (it
+    /// leaves, restarts, settles, or its claims changed), so the election should run now.
+    pub fn heard(&mut self, hb: &Heartbeat, now: Instant) -> bool {
+        let before = self.heard.get(&hb.node);
+        // A settling peer's claims are not final: keep those of its previous run.
+        let claims = match before {
+            Some(p) if hb.settling => p.claims.clone(),
+            _ if hb.settling => BTreeMap::new(),
+            _ => hb.claims.clone(),
+        };
+        let news = before.is_none_or(|p| {
+            (p.leaving, p.restarting, p.settling) != (hb.leaving, hb.restarting, hb.settling) || p.claims != claims
+        });
+        let peer = Peer { at: now, leaving: hb.leaving, restarting: hb.restarting, settling: hb.settling, claims };
+        self.heard.insert(hb.node.clone(), peer);
+        news
+    }
+
+    /// Records that `peer`'s kernel answered our heartbeat with "port unreachable": the node is
+    /// up, its speaker is not.
+    pub fn kernel_answered(&mut self, peer: &str, now: Instant) {
+        self.kernel.insert(peer.to_string(), now);
     }
 
     /// Whether a speaker started `since_start` ago may announce: it has heard every registered
@@ -74,33 +133,82 @@ impl Liveness {
         since_start >= t.grace || (self.registered.keys().all(|p| heard(p)) && expects.into_iter().all(heard))
     }
 
-    /// The peers alive now: registered, not leaving, and heard within the timeout. A peer never
-    /// heard is not alive: a new speaker takes addresses over only once the others hear it.
-    /// `me` is always alive to itself unless `me_leaving`.
-    pub fn alive(&self, me: &str, me_leaving: bool, t: &Timings, now: Instant) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
-        for (peer, since) in &self.registered {
+    /// The peers alive now: registered, not leaving, and heard within the timeout — or silent for
+    /// less than the restart grace while their kernel answers (held). A peer never heard is not
+    /// alive: a new speaker takes addresses over only once the others hear it. `me` is always
+    /// alive to itself, with `my_claims`, unless `me_leaving`. A dead peer's claims are forgotten,
+    /// so that when it returns it takes back nothing that has moved.
+    pub fn members(
+        &mut self,
+        me: &str,
+        me_leaving: bool,
+        my_claims: &BTreeMap<IpAddr, Mac>,
+        t: &Timings,
+        now: Instant,
+    ) -> Members {
+        let mut out = Members::default();
+        for peer in self.registered.keys() {
             if peer == me {
                 if !me_leaving {
-                    out.insert(peer.clone());
+                    out.alive.insert(peer.clone());
+                    out.claims.insert(peer.clone(), my_claims.clone());
                 }
                 continue;
             }
-            if self.leaving.contains(peer) {
-                continue;
+            let Some(p) = self.heard.get_mut(peer).filter(|p| !p.leaving) else { continue };
+            let silent = now.saturating_duration_since(p.at);
+            if p.settling && silent <= t.timeout {
+                out.held.insert(peer.clone());
+                out.settling.insert(peer.clone());
+            } else if silent > t.timeout {
+                let kernel_up =
+                    self.kernel.get(peer).is_some_and(|k| now.saturating_duration_since(*k) <= KERNEL_WINDOW);
+                if !(kernel_up && silent <= t.hold) {
+                    p.claims.clear();
+                    continue;
+                }
+                out.held.insert(peer.clone());
             }
-            let _ = since;
-            if self.heard.get(peer).is_some_and(|at| now.duration_since(*at) <= t.timeout) {
-                out.insert(peer.clone());
-            }
+            out.alive.insert(peer.clone());
+            out.claims.insert(peer.clone(), p.claims.clone());
         }
         out
+    }
+
+    /// The peers that said their speaker is restarting in place (for the logs).
+    pub fn restarting(&self) -> impl Iterator<Item = &str> {
+        self.heard.iter().filter(|(_, p)| p.restarting).map(|(n, _)| n.as_str())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn names(ns: &[&str]) -> BTreeSet<String> {
+        ns.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn alive(l: &mut Liveness, me: &str, leaving: bool, t: &Timings, now: Instant) -> BTreeSet<String> {
+        l.members(me, leaving, &BTreeMap::new(), t, now).alive
+    }
+
+    fn hb(peer: &str, leaving: bool, restarting: bool, settling: bool, claims: &BTreeMap<IpAddr, Mac>) -> Heartbeat {
+        Heartbeat {
+            node: peer.into(),
+            incarnation: 1,
+            sequence: 1,
+            sent_at_ms: 0,
+            leaving,
+            restarting,
+            settling,
+            claims: claims.clone(),
+        }
+    }
+
+    fn hear(l: &mut Liveness, peer: &str, leaving: bool, now: Instant) {
+        l.heard(&hb(peer, leaving, false, false, &BTreeMap::new()), now);
+    }
 
     #[test]
     fn silence_leaving_and_leases_decide() {
@@ -109,21 +217,91 @@ mod tests {
         let mut l = Liveness::default();
         l.set_registered(["a".to_string(), "b".to_string(), "c".to_string()], t0);
         // Peers never heard are not alive yet.
-        assert_eq!(l.alive("a", false, &t, t0), BTreeSet::from(["a".to_string()]));
+        assert_eq!(alive(&mut l, "a", false, &t, t0), names(&["a"]));
         assert!(!l.settled("a", ["a"], Duration::ZERO, &t));
-        l.heard("b", false, t0 + Duration::from_millis(100));
-        assert_eq!(l.alive("a", false, &t, t0 + Duration::from_millis(150)).len(), 2);
+        hear(&mut l, "b", false, t0 + Duration::from_millis(100));
+        assert_eq!(alive(&mut l, "a", false, &t, t0 + Duration::from_millis(150)).len(), 2);
         let later = t0 + Duration::from_secs(3);
         // c never spoke and its grace is over; b went silent.
-        assert_eq!(l.alive("a", false, &t, later), BTreeSet::from(["a".to_string()]));
-        l.heard("b", false, later);
-        l.heard("c", true, later);
-        assert_eq!(l.alive("a", false, &t, later), BTreeSet::from(["a".to_string(), "b".to_string()]));
-        assert!(!l.alive("a", true, &t, later).contains("a"), "a leaving node does not count itself");
+        assert_eq!(alive(&mut l, "a", false, &t, later), names(&["a"]));
+        hear(&mut l, "b", false, later);
+        hear(&mut l, "c", true, later);
+        assert_eq!(alive(&mut l, "a", false, &t, later), names(&["a", "b"]));
+        assert!(!alive(&mut l, "a", true, &t, later).contains("a"), "a leaving node does not count itself");
         // A Lease gone means the peer is gone, whatever it says.
         l.set_registered(["a".to_string()], later);
-        l.heard("b", false, later);
-        assert_eq!(l.alive("a", false, &t, later), BTreeSet::from(["a".to_string()]));
+        hear(&mut l, "b", false, later);
+        assert_eq!(alive(&mut l, "a", false, &t, later), names(&["a"]));
+    }
+
+    #[test]
+    fn a_silent_peer_whose_kernel_answers_is_held_for_the_restart_grace_only() {
+        let t = Timings::default();
+        let t0 = Instant::now();
+        let mut l = Liveness::default();
+        l.set_registered(names(&["a", "b"]), t0);
+        let claims = BTreeMap::from([("198.51.100.1".parse().unwrap(), [2, 0, 0, 0, 0, 2])]);
+        assert!(l.heard(&hb("b", false, true, false, &claims), t0), "first news");
+        assert!(!l.heard(&hb("b", false, true, false, &claims), t0), "the same again is no news");
+        assert_eq!(l.restarting().collect::<Vec<_>>(), ["b"]);
+        let silent = t0 + Duration::from_secs(1);
+        // Its kernel answered our heartbeat after its speaker stopped: held, with its claims.
+        l.kernel_answered("b", t0 + Duration::from_millis(200));
+        let m = l.members("a", false, &BTreeMap::new(), &t, silent);
+        assert_eq!(m.alive, names(&["a", "b"]));
+        assert_eq!(m.held, names(&["b"]));
+        assert_eq!(m.claims["b"], claims, "a held peer keeps its claims");
+        // Silent and no word from its kernel: dead (the node itself may be gone).
+        let mut other = Liveness::default();
+        other.set_registered(names(&["a", "b"]), t0);
+        other.heard(&hb("b", false, false, false, &claims), t0);
+        assert_eq!(other.members("a", false, &BTreeMap::new(), &t, silent).alive, names(&["a"]));
+        l.kernel_answered("b", silent);
+        // The kernel's word gets old: the node may have died since. Dead, its claims are forgotten:
+        // when it returns (settling) it holds nothing.
+        assert!(l.members("a", false, &BTreeMap::new(), &t, silent + KERNEL_WINDOW * 2).held.is_empty());
+        // Past the restart grace, however alive its kernel: dead.
+        let late = t0 + t.hold + Duration::from_millis(1);
+        l.kernel_answered("b", late);
+        assert!(!l.members("a", false, &BTreeMap::new(), &t, late).alive.contains("b"));
+        // It returns, settling: it holds nothing (its claims were forgotten when it died).
+        l.heard(&hb("b", false, false, true, &claims), late);
+        let m = l.members("a", false, &BTreeMap::new(), &t, late);
+        assert!(m.settling.contains("b") && m.claims["b"].is_empty(), "{m:?}");
+        // Speaking again: alive and no longer held.
+        l.heard(&hb("b", false, false, false, &BTreeMap::new()), late);
+        let m = l.members("a", false, &BTreeMap::new(), &t, late);
+        assert!(m.alive.contains("b") && m.held.is_empty());
+        // A leaving peer is never held.
+        l.heard(&hb("b", true, false, false, &BTreeMap::new()), late);
+        l.kernel_answered("b", late + Duration::from_secs(1));
+        assert!(!l.members("a", false, &BTreeMap::new(), &t, late + Duration::from_secs(1)).alive.contains("b"));
+    }
+
+    #[test]
+    fn a_settling_peer_is_held_with_the_claims_of_its_previous_run() {
+        let t = Timings::default();
+        let t0 = Instant::now();
+        let mut l = Liveness::default();
+        l.set_registered(names(&["a", "b", "c"]), t0);
+        let old = BTreeMap::from([("198.51.100.1".parse().unwrap(), [2, 0, 0, 0, 0, 2])]);
+        l.heard(&hb("b", false, true, false, &old), t0);
+        // Its new run says it is settling, with whatever it thinks it had: the old claims stand.
+        let guess = BTreeMap::from([("198.51.100.9".parse().unwrap(), [2, 0, 0, 0, 0, 2])]);
+        assert!(l.heard(&hb("b", false, false, true, &guess), t0 + Duration::from_secs(1)));
+        let m = l.members("a", false, &BTreeMap::new(), &t, t0 + Duration::from_secs(1));
+        assert_eq!((m.held.clone(), m.claims["b"].clone()), (names(&["b"]), old.clone()));
+        // Settled: its claims are its own again, and it answers for them itself.
+        l.heard(&hb("b", false, false, false, &guess), t0 + Duration::from_secs(2));
+        let m = l.members("a", false, &BTreeMap::new(), &t, t0 + Duration::from_secs(2));
+        assert!(m.held.is_empty());
+        assert_eq!(m.claims["b"], guess);
+        // A fresh speaker settling claims nothing, and a held node takes nothing new.
+        l.heard(&hb("c", false, false, true, &guess), t0);
+        let m = l.members("a", false, &BTreeMap::new(), &t, t0);
+        assert!(m.held.contains("c") && m.settling.contains("c") && m.claims["c"].is_empty());
+        // Settling but then silent, with no word from its kernel: dead.
+        assert!(!l.members("a", false, &BTreeMap::new(), &t, t0 + Duration::from_secs(1)).alive.contains("c"));
     }
 
     #[test]
@@ -134,15 +312,15 @@ mod tests {
         let mut l = Liveness::default();
         l.set_registered(["a".to_string(), "b".to_string()], t0);
         assert!(!l.settled("a", ["a", "b"], early, &t), "b is registered but not heard");
-        l.heard("b", false, t0);
+        hear(&mut l, "b", false, t0);
         assert!(l.settled("a", ["a", "b"], early, &t));
         // c is a usable Node whose speaker has not registered yet (booting together).
         assert!(!l.settled("a", ["a", "b", "c"], early, &t));
-        l.heard("c", false, t0);
+        hear(&mut l, "c", false, t0);
         l.set_registered(["a".to_string(), "b".to_string()], t0);
         assert!(!l.settled("a", ["a", "b", "c"], early, &t), "heard before its Lease: forgotten");
         l.set_registered(["a".to_string(), "b".to_string(), "c".to_string()], t0);
-        l.heard("c", false, t0);
+        hear(&mut l, "c", false, t0);
         assert!(l.settled("a", ["a", "b", "c"], early, &t));
         // A Node without a speaker delays the start by the grace, no more.
         assert!(!l.settled("a", ["a", "b", "c", "d"], early, &t));

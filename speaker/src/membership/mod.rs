@@ -1,7 +1,9 @@
-//! Membership: which speakers are alive. Pure: heartbeat messages, liveness bookkeeping, reading
-//! Leases. I/O: the Lease registration and the UDP heartbeats.
+//! Membership: which speakers are alive, and how one ends (restarted in place or leaving). Pure:
+//! heartbeat messages, liveness bookkeeping, reading Leases, the exit decision. I/O: the Lease
+//! registration, the UDP heartbeats, the claims file.
 
 pub mod heartbeat;
 pub mod lease;
 pub mod liveness;
+pub mod restart;
 pub mod udp;

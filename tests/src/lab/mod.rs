@@ -11,6 +11,7 @@ pub mod probe;
 pub mod processes;
 pub mod router;
 pub mod sctp;
+pub mod streams;
 pub mod topology;
 pub mod tunnel;
 

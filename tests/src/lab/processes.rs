@@ -151,6 +151,17 @@ impl Lab {
         Ok(Proc { child, metrics })
     }
 
+    /// Cordons Node `name` (`kubectl cordon`, the first step of a drain): its speaker then leaves
+    /// for good on SIGTERM instead of restarting in place.
+    pub async fn cordon(&self, name: &str) -> Result<(), LabError> {
+        let nodes: Api<Node> = Api::all(self.client().await?);
+        nodes
+            .patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"unschedulable": true}})))
+            .await
+            .map_err(kube_err)?;
+        Ok(())
+    }
+
     /// Starts the speaker of node `i` (0-based) inside its namespace, with `extra` flags
     /// (forwarding is the product default, nftables, unless `extra` says `--forwarding none`).
     pub fn start_speaker(&self, i: usize, extra: &[&str]) -> Result<Proc, LabError> {
@@ -160,12 +171,19 @@ impl Lab {
     /// [`Lab::start_speaker`] with the speaker binary `bin` (benches compare builds this way).
     pub fn start_speaker_from(&self, bin: &std::path::Path, i: usize, extra: &[&str]) -> Result<Proc, LabError> {
         let node = &self.topology.nodes[i];
-        let log = std::fs::File::create(self.dir.join(format!("speaker-{}.log", node.name)))?;
+        // Appended to: a speaker restarted in place writes its second run after its first.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("speaker-{}.log", node.name)))?;
+        // Each node's own host directory, as /run/ferrolb is on a real node.
+        let state = self.dir.join(format!("state-{}", node.name));
         let child = Command::new("ip")
             .args(["netns", "exec", &node.namespace])
             .arg(bin)
             .args(["--kubeconfig", &self.node_kubeconfig().to_string_lossy(), "--node-name", &node.name])
             .args(["--namespace", "ferrolb-system", "--peer-port", "7946"])
+            .args(["--state-dir", &state.to_string_lossy()])
             .args(["--metrics-addr", SPEAKER_METRICS, "--health-addr", SPEAKER_METRICS])
             .args(extra)
             .stdout(Stdio::from(log))
