@@ -107,7 +107,9 @@ pub struct L2Settings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<LabelSelector>,
     /// Interface names or globs (`enp*`) to announce on; empty means every suitable interface.
+    /// At most 32 patterns of at most 64 characters.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 64)))]
     pub interfaces: Vec<String>,
 }
 
@@ -303,6 +305,9 @@ mod tests {
         assert_eq!(spec["priority"]["minimum"], 0.0);
         assert_eq!(spec["avoidBuggyIPs"]["default"], false);
         assert_eq!(spec["autoAssign"]["default"], true);
+        // A user's glob is bounded before any speaker matches it.
+        let interfaces = &spec["l2"]["properties"]["interfaces"];
+        assert_eq!((interfaces["maxItems"].as_u64(), interfaces["items"]["maxLength"].as_u64()), (Some(32), Some(64)));
     }
 
     #[test]

@@ -13,6 +13,21 @@ use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::sync::Mutex;
 
+/// kube-apiserver refuses an Event whose note is longer than this (bytes).
+pub const MAX_NOTE: usize = 1024;
+
+/// `message` cut to what kube-apiserver accepts as a note, at a character boundary, marked "…".
+pub fn note(message: &str) -> String {
+    if message.len() <= MAX_NOTE {
+        return message.to_string();
+    }
+    let mut end = MAX_NOTE - '…'.len_utf8();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
+}
+
 /// Repeats within this window extend a series; later ones start a new Event.
 const SERIES_WINDOW_SECS: i64 = 6 * 60;
 
@@ -70,7 +85,7 @@ impl Recorder {
             event_time: Some(MicroTime(now)),
             action: Some(action.into()),
             reason: Some(reason.into()),
-            note: Some(message.into()),
+            note: Some(note(message)),
             regarding: Some(ObjectReference { resource_version: None, ..regarding.clone() }),
             reporting_controller: Some(self.controller.clone()),
             reporting_instance: Some(self.instance.clone()),
@@ -80,5 +95,22 @@ impl Recorder {
         api.create(&PostParams::default(), &event).await?;
         seen.insert(key, (name, 1, now));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_fit_what_the_api_server_accepts() {
+        assert_eq!(note("short"), "short");
+        let exact = "x".repeat(MAX_NOTE);
+        assert_eq!(note(&exact), exact);
+        // 1,625 characters (the longest note a hostile review found), with multi-byte ones.
+        let long = "é".repeat(1_625);
+        let cut = note(&long);
+        assert!(cut.len() <= MAX_NOTE, "{}", cut.len());
+        assert!(cut.ends_with('…') && cut.starts_with("éé"));
     }
 }

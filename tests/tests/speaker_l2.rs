@@ -298,6 +298,44 @@ async fn forged_heartbeats_are_ignored_and_a_foreign_answer_raises_a_conflict_ev
     })
     .await;
     assert!(message.contains(&vip.to_string()), "{message}");
+
+    // A flood of spoofed gratuitous ARP requests for the address, each from a new MAC: claims,
+    // counted, not answered, and still one Event a minute; the speaker keeps announcing.
+    let winner_ns = lab.topology.nodes.iter().find(|n| n.name == winner).unwrap().namespace.clone();
+    let conflicts = || async {
+        probe::metric(&probe::speaker_metrics(&winner_ns).await.unwrap_or_default(), "ferrolb_speaker_conflicts_total")
+    };
+    let before = conflicts().await.unwrap_or(0.0);
+    let flood: Vec<Vec<u8>> = (0..5_000u32)
+        .map(|i| {
+            let b = i.to_be_bytes();
+            ferrolb_speaker::l2::arp::gratuitous_request([0x02, 0x42, b[0], b[1], b[2], b[3]], vip)
+        })
+        .collect();
+    let (ns, iface) = (c.namespace.clone(), c.interface.clone());
+    blocking(move || probe::send_frames(&ns, &iface, flood).unwrap()).await;
+    common::eventually("the flood to be counted", Duration::from_secs(15), || async {
+        (conflicts().await? >= before + 1_000.0).then_some(())
+    })
+    .await;
+    let lp = kube::api::ListParams::default().fields("involvedObject.name=web");
+    let reports: Vec<_> = events
+        .list(&lp)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("AddressConflict"))
+        .collect();
+    assert_eq!(
+        reports.len(),
+        1,
+        "one Event a minute per address: {:?}",
+        reports.iter().map(|e| &e.message).collect::<Vec<_>>()
+    );
+    let macs = blocking(move || probe::arp_who_has(&c.namespace, &c.interface, &c.mac, c.ipv4, vip).unwrap()).await;
+    assert_eq!(macs.len(), 1);
+    assert_eq!(probe::mac_text(macs.iter().next().unwrap()), mac_of(&lab, &winner));
     let _ = std::fs::remove_file(&secret);
 }
 

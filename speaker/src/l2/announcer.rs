@@ -23,6 +23,9 @@ use crate::metrics::{self, AddressLabel, Metrics};
 use crate::report;
 use crate::state::View;
 
+/// How many reports from the wire wait for the loop at most; more are dropped.
+const SEEN_BACKLOG: usize = 1024;
+
 /// How often the interfaces are looked at again (they come and go with pods and cables).
 const RESCAN_EVERY: Duration = Duration::from_secs(2);
 
@@ -31,8 +34,8 @@ pub struct L2Announcer {
     node: String,
     metrics: Metrics,
     wake: Arc<Notify>,
-    seen_tx: mpsc::UnboundedSender<Seen>,
-    seen_rx: mpsc::UnboundedReceiver<Seen>,
+    seen_tx: mpsc::Sender<Seen>,
+    seen_rx: mpsc::Receiver<Seen>,
     responders: BTreeMap<String, Responder>,
     interfaces: Vec<Interface>,
     choice: Choice,
@@ -58,7 +61,8 @@ impl L2Announcer {
     /// An announcer for `node` on the interfaces `choice` allows; `wake` is notified when the
     /// wire has news (a claim seen).
     pub fn new(node: &str, choice: Choice, metrics: Metrics, wake: Arc<Notify>) -> Self {
-        let (seen_tx, seen_rx) = mpsc::unbounded_channel();
+        // Bounded: what the wire reports is repetitive, and a flood must not grow memory.
+        let (seen_tx, seen_rx) = mpsc::channel(SEEN_BACKLOG);
         Self {
             node: node.to_string(),
             metrics,
@@ -88,7 +92,7 @@ impl L2Announcer {
             taken.insert(ip);
             return;
         }
-        let verdict = self.conflicts.judge(ip, mac, self.owned_since.get(&ip).copied(), now);
+        let verdict = self.conflicts.judge(ip, self.owned_since.get(&ip).copied(), now);
         if verdict == Verdict::Ignore {
             return;
         }

@@ -121,11 +121,19 @@ pub fn gratuitous_reply(our_mac: Mac, vip: Ipv4Addr) -> Vec<u8> {
     build(BROADCAST, our_mac, true, our_mac, vip, BROADCAST, vip)
 }
 
+/// Whether `mac` may be a requester's: unicast and not zero (RFC 826 answers go to the sender).
+pub fn unicast(mac: &Mac) -> bool {
+    mac[0] & 1 == 0 && *mac != [0; 6]
+}
+
 /// The reply `frame` deserves, if it asks for an address `owned` says we answer for, with the
-/// MAC `owned` gives (ours, or a restarting owner's).
+/// MAC `owned` gives (ours, or a restarting owner's). A gratuitous request (its sender claims the
+/// address it asks about) is a claim, not a question: it is judged as a conflict, not answered.
 pub fn answer(frame: &[u8], our_mac: Mac, owned: impl Fn(Ipv4Addr) -> Option<Mac>) -> Option<(Ipv4Addr, Vec<u8>)> {
     match parse(frame)? {
-        Arp::Request { sender_mac, sender_ip, target_ip } if sender_mac != our_mac => {
+        Arp::Request { sender_mac, sender_ip, target_ip }
+            if sender_mac != our_mac && sender_ip != target_ip && unicast(&sender_mac) =>
+        {
             let at = owned(target_ip)?;
             Some((target_ip, reply_for(our_mac, at, target_ip, sender_mac, sender_ip)))
         }
@@ -160,6 +168,16 @@ mod tests {
         assert_eq!(answer(&other, US, owned), None);
         // Our own announcements looping back are not answered.
         assert_eq!(answer(&gratuitous_request(US, ip("198.51.100.200")), US, owned), None);
+        // Nor a foreign host's announcement: it is a claim (a conflict), not a question.
+        let foreign = gratuitous_request(THEM, ip("198.51.100.200"));
+        assert_eq!(answer(&foreign, US, owned), None);
+        assert_eq!(parse(&foreign).and_then(|a| a.claim()), Some((ip("198.51.100.200"), THEM)));
+        // Requests from broadcast, multicast or zero sender MACs get no answer (RFC 826 answers
+        // the sender).
+        for bad in [BROADCAST, [0; 6], [0x01, 0, 0x5e, 0, 0, 1]] {
+            let r = build(BROADCAST, THEM, false, bad, ip("198.51.100.10"), [0; 6], ip("198.51.100.200"));
+            assert_eq!(answer(&r, US, owned), None, "{bad:?}");
+        }
         // Standing in for a restarting owner: its MAC in the answer, ours as the frame's source.
         const OWNER: Mac = [0x02, 0, 0, 0, 0, 3];
         let (_, frame) = answer(&request, US, |_| Some(OWNER)).unwrap();

@@ -54,7 +54,7 @@ pub struct Responder {
 impl Responder {
     /// Opens the interface and starts answering for whatever [`Responder::set_answered`] says.
     /// What it sees goes to `seen`, and `wake` is notified so the announcer looks at it.
-    pub fn start(interface: Interface, seen: mpsc::UnboundedSender<Seen>, wake: Arc<Notify>) -> std::io::Result<Self> {
+    pub fn start(interface: Interface, seen: mpsc::Sender<Seen>, wake: Arc<Notify>) -> std::io::Result<Self> {
         let config = datalink::Config {
             read_timeout: Some(Duration::from_millis(100)),
             promiscuous: false,
@@ -107,7 +107,8 @@ impl Responder {
                         && m != mac
                         && ours(ip) == Some(mac)
                     {
-                        let _ = seen.send(Seen::Conflict { ip, mac: m, interface: name.clone() });
+                        // Full: the loop has plenty to judge already; this one adds nothing.
+                        let _ = seen.try_send(Seen::Conflict { ip, mac: m, interface: name.clone() });
                         wake.notify_one();
                     }
                 }

@@ -198,33 +198,58 @@ pub fn decode(bytes: &[u8], secret: Option<&[u8]>) -> Result<Heartbeat, Refusal>
     })
 }
 
+/// How many senders the replay guard remembers at most; new names beyond it are refused (a
+/// cluster has far fewer speakers; a flood of forged names must not grow memory).
+pub const MAX_SENDERS: usize = 4096;
+
+/// Without a secret, how long a sender's newest message blocks older incarnations: one forged
+/// datagram with a huge incarnation silences the real sender for this long, not until it restarts.
+pub const UNSIGNED_FORGET_MS: u64 = 2_000;
+
 /// Remembers the newest (incarnation, sequence) per sender and refuses anything not newer, or
-/// sent outside the allowed clock window.
+/// sent outside the allowed clock window. An incarnation is the sender's start time, so it is
+/// never later than the message's own send time.
 #[derive(Debug, Clone)]
 pub struct Replay {
-    newest: HashMap<String, (u64, u64)>,
+    /// Per sender: the newest (incarnation, sequence) and our clock when it was accepted.
+    newest: HashMap<String, ((u64, u64), u64)>,
     window_ms: u64,
+    forget_ms: Option<u64>,
 }
 
 impl Replay {
-    /// A guard accepting messages sent within `window_ms` of our clock.
-    pub fn new(window_ms: u64) -> Self {
-        Self { newest: HashMap::new(), window_ms }
+    /// A guard accepting messages sent within `window_ms` of our clock; `signed` when messages
+    /// are authenticated (then nobody but a peer can advance a sender's incarnation, and a
+    /// sender's newest message is never forgotten).
+    pub fn new(window_ms: u64, signed: bool) -> Self {
+        Self { newest: HashMap::new(), window_ms, forget_ms: (!signed).then_some(UNSIGNED_FORGET_MS) }
     }
 
     /// Accepts `hb` if it is fresh and newer than anything seen from its sender.
     pub fn check(&mut self, hb: &Heartbeat, now_ms: u64) -> Result<(), Refusal> {
-        if hb.sent_at_ms.abs_diff(now_ms) > self.window_ms {
+        if hb.sent_at_ms.abs_diff(now_ms) > self.window_ms || hb.incarnation > hb.sent_at_ms {
             return Err(Refusal::Stale);
         }
         let key = (hb.incarnation, hb.sequence);
         match self.newest.get(&hb.node) {
-            Some(seen) if key <= *seen => Err(Refusal::Replayed),
-            _ => {
-                self.newest.insert(hb.node.clone(), key);
-                Ok(())
+            Some((seen, at)) if key <= *seen && self.forget_ms.is_none_or(|f| now_ms.saturating_sub(*at) < f) => {
+                return Err(Refusal::Replayed);
+            }
+            Some(_) => {}
+            None => {
+                if self.newest.len() >= MAX_SENDERS {
+                    // Senders silent for longer than the window can be forgotten: anything older
+                    // from them is stale anyway.
+                    let window = self.window_ms;
+                    self.newest.retain(|_, (_, at)| now_ms.saturating_sub(*at) <= window);
+                }
+                if self.newest.len() >= MAX_SENDERS {
+                    return Err(Refusal::Replayed);
+                }
             }
         }
+        self.newest.insert(hb.node.clone(), (key, now_ms));
+        Ok(())
     }
 }
 
@@ -297,7 +322,7 @@ mod tests {
 
     #[test]
     fn replays_and_stale_messages_are_refused() {
-        let mut r = Replay::new(5_000);
+        let mut r = Replay::new(5_000, true);
         assert_eq!(r.check(&hb(1), 1_000_100), Ok(()));
         assert_eq!(r.check(&hb(1), 1_000_100), Err(Refusal::Replayed));
         assert_eq!(r.check(&hb(0), 1_000_100), Err(Refusal::Replayed));
@@ -306,6 +331,44 @@ mod tests {
         // A restart (new incarnation) starts its sequence over.
         let restarted = Heartbeat { incarnation: 8, sequence: 0, ..hb(0) };
         assert_eq!(r.check(&restarted, 1_000_100), Ok(()));
+        // An incarnation (a start time) later than the message's own send time is a forgery.
+        let future = Heartbeat { incarnation: 1_000_001, sequence: 0, ..hb(0) };
+        assert_eq!(r.check(&future, 1_000_100), Err(Refusal::Stale));
+    }
+
+    #[test]
+    fn one_forged_datagram_silences_a_sender_for_two_seconds_at_most() {
+        let now = 1_000_000;
+        let forged = Heartbeat { incarnation: now + 4_000, sequence: u64::MAX, sent_at_ms: now + 4_000, ..hb(0) };
+        let real = |seq: u64, at: u64| Heartbeat { incarnation: 7, sequence: seq, sent_at_ms: at, ..hb(0) };
+        let mut unsigned = Replay::new(5_000, false);
+        assert_eq!(unsigned.check(&forged, now), Ok(()));
+        assert_eq!(unsigned.check(&real(1, now + 100), now + 100), Err(Refusal::Replayed));
+        assert_eq!(unsigned.check(&real(21, now + 2_100), now + 2_100), Ok(()), "the forgery is forgotten");
+        assert_eq!(
+            unsigned.check(&real(21, now + 2_100), now + 2_150),
+            Err(Refusal::Replayed),
+            "replays still are not"
+        );
+        // Signed, nobody else can advance the incarnation: the newest is never forgotten, so an
+        // old heartbeat replayed after its sender died stays refused.
+        let mut signed = Replay::new(5_000, true);
+        assert_eq!(signed.check(&real(5, now), now), Ok(()));
+        assert_eq!(signed.check(&real(4, now), now + 3_000), Err(Refusal::Replayed));
+    }
+
+    #[test]
+    fn a_flood_of_forged_names_is_bounded() {
+        let mut r = Replay::new(5_000, false);
+        let accepted = (0..(MAX_SENDERS as u64 + 1_000))
+            .filter(|i| r.check(&Heartbeat { node: format!("forged-{i}"), ..hb(1) }, 1_000_000).is_ok())
+            .count();
+        assert_eq!(accepted, MAX_SENDERS);
+        assert_eq!(r.newest.len(), MAX_SENDERS);
+        // Once they fall silent for the window, room is made for real peers.
+        assert_eq!(r.check(&Heartbeat { node: "node-b".into(), ..hb(1) }, 1_000_100), Err(Refusal::Replayed), "full");
+        let late = Heartbeat { node: "node-b".into(), sent_at_ms: 1_006_000, ..hb(1) };
+        assert_eq!(r.check(&late, 1_006_000), Ok(()));
     }
 
     proptest! {

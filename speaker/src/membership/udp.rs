@@ -60,7 +60,7 @@ pub async fn receive(
     refused: Arc<Refused>,
     changed: Arc<tokio::sync::Notify>,
 ) {
-    let mut replay = Replay::new(30_000);
+    let mut replay = Replay::new(30_000, secret.is_some());
     let mut buf = [0u8; 512];
     while let Ok((n, from)) = socket.recv_from(&mut buf).await {
         match heartbeat::decode(&buf[..n], secret.as_deref()).and_then(|hb| replay.check(&hb, now_ms()).map(|()| hb)) {
