@@ -36,6 +36,10 @@ pub const SHARING_KEY: Annotation = Annotation {
     aliases: &["metallb.io/allow-shared-ip", "metallb.universe.tf/allow-shared-ip"],
 };
 
+/// `"true"`: the Service's established connections are replicated between nodes and survive a
+/// failover (Cluster policy, speakers with `--conntrack-sync conntrackd`).
+pub const REPLICATE_CONNECTIONS: Annotation = Annotation { name: "ferrolb.io/replicate-connections", aliases: &[] };
+
 /// Written by the controller: the pool a Service's addresses came from.
 pub const ALLOCATED_FROM: &str = "ferrolb.io/allocated-from";
 

@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use crate::announce::Announcer;
 use crate::bgp::announcer::{BgpAnnouncer, Daemon};
 use crate::bgp::driver;
+use crate::conntrack::{Replicator, SyncError};
 use crate::forwarding::driver::Driver;
 use crate::l2::Mac;
 use crate::l2::announcer::L2Announcer;
@@ -55,6 +56,8 @@ pub struct Config {
     pub bgp: Option<BgpConfig>,
     /// Where the claims are kept between runs (`--state-dir`).
     pub state_dir: std::path::PathBuf,
+    /// Replicate the connections of Services that ask for it (`--conntrack-sync conntrackd`).
+    pub conntrack_sync: bool,
 }
 
 /// BGP mode's settings.
@@ -118,6 +121,16 @@ fn bgp_announcer(
     Ok(BgpAnnouncer::new(node, daemon, handle))
 }
 
+/// conntrackd on the interface that holds our heartbeat address.
+fn replicator(my_ip: IpAddr, dir: &std::path::Path) -> Result<Replicator, SyncError> {
+    let interface = pnet::datalink::interfaces()
+        .into_iter()
+        .find(|i| i.ips.iter().any(|n| n.ip() == my_ip))
+        .map(|i| i.name)
+        .ok_or_else(|| SyncError::Refused("finding the interface".into(), format!("no interface holds {my_ip}")))?;
+    Replicator::start(&crate::conntrack::config::Node { ip: my_ip, interface: &interface, dir })
+}
+
 /// Runs until `shutdown` completes, then hands over and returns.
 pub async fn run(
     client: Client,
@@ -167,17 +180,17 @@ pub async fn run(
         tracing::info!(addresses = claims.len(), "restarted in place: resuming the previous run's addresses");
     }
 
-    let mut announcers: Vec<Box<dyn Announcer>> = vec![Box::new(L2Announcer::new(
-        &cfg.node,
-        Choice::new(cfg.exclude_interfaces.clone()),
-        metrics.clone(),
-        wake.clone(),
-    ))];
+    let mut l2 =
+        L2Announcer::new(&cfg.node, Choice::new(cfg.exclude_interfaces.clone()), metrics.clone(), wake.clone());
+    if cfg.conntrack_sync {
+        l2 = l2.with_replicator(replicator(my_ip, &cfg.state_dir).map_err(io)?);
+    }
+    let mut announcers: Vec<Box<dyn Announcer>> = vec![Box::new(l2)];
     if let Some(bgp) = &cfg.bgp {
         announcers.push(Box::new(bgp_announcer(&client, &cfg.node, my_ip, bgp, &caches, &metrics).map_err(io)?));
     }
     let mut reporter = Reporter::new(client.clone(), &cfg.node, caches.services.clone());
-    let driver = cfg.forwarding.then(|| Driver::start(client.clone(), &cfg.node, metrics.clone()));
+    let driver = cfg.forwarding.then(|| Driver::start(client.clone(), &cfg.node, cfg.conntrack_sync, metrics.clone()));
 
     let mut tick = tokio::time::interval(cfg.timings.interval);
     let started = Instant::now();

@@ -22,6 +22,16 @@ enum Forwarding {
     None,
 }
 
+/// Who replicates connection state between nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ConntrackSync {
+    /// Nothing is replicated: a failover cuts the connections the dead node carried.
+    None,
+    /// conntrackd (on PATH), run by the speaker, for Services annotated
+    /// `ferrolb.io/replicate-connections: "true"`.
+    Conntrackd,
+}
+
 /// Who advertises addresses of pools with `bgp.enabled`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Bgp {
@@ -86,6 +96,11 @@ struct Args {
     /// (milliseconds).
     #[arg(long, default_value_t = 2000)]
     startup_settle_ms: u64,
+    /// Connection replication: established connections of annotated Services survive a
+    /// failover. Needs `--forwarding nftables`; turns conntrack events off for other flows on the
+    /// host.
+    #[arg(long, value_enum, default_value_t = ConntrackSync::None)]
+    conntrack_sync: ConntrackSync,
     /// How long peers keep this speaker's addresses on its node while it restarts in place (its
     /// node still up), in milliseconds; 0 hands them over on every exit.
     #[arg(long, default_value_t = 30_000)]
@@ -130,6 +145,12 @@ async fn run(args: Args) -> Result<(), telemetry::Error> {
         }
         None => None,
     };
+    if args.conntrack_sync == ConntrackSync::Conntrackd && args.forwarding != Forwarding::Nftables {
+        return Err(telemetry::Error::Config(
+            "--conntrack-sync conntrackd needs --forwarding nftables (the replicated flows are ferrolb's own NAT)"
+                .into(),
+        ));
+    }
     let client = telemetry::connect(args.kubeconfig.as_deref(), "ferrolb-speaker").await?;
     let version = client.apiserver_version().await?;
     tracing::info!(
@@ -158,6 +179,7 @@ async fn run(args: Args) -> Result<(), telemetry::Error> {
             hold: Duration::from_millis(args.restart_grace_ms),
         },
         state_dir: args.state_dir,
+        conntrack_sync: args.conntrack_sync == ConntrackSync::Conntrackd,
         lease_duration: Duration::from_secs(args.lease_seconds.max(3)),
         forwarding: args.forwarding == Forwarding::Nftables,
         bgp: match args.bgp {

@@ -244,6 +244,7 @@ mod tests {
                     ready_nodes: Default::default(),
                     source_ranges: Vec::new(),
                     affinity: None,
+                    replicate: false,
                 },
             );
             announced.insert(ip, "on eth0".to_string());

@@ -36,6 +36,7 @@ fn services(n: usize, bump: Option<usize>) -> Vec<ForwardedService> {
                 local: false,
                 source_ranges: vec![],
                 affinity: None,
+                replicate: false,
             }
         })
         .collect()

@@ -101,6 +101,10 @@ fn generate() -> String {
         (&annotations::POOL, "the IPPool to take the address from"),
         (&annotations::IPS, "the addresses to give (a comma list, at most one per family)"),
         (&annotations::SHARING_KEY, "Services with the same key may share an address (on different ports)"),
+        (
+            &annotations::REPLICATE_CONNECTIONS,
+            "`\"true\"`: established connections survive a failover (Cluster policy; speakers with `--conntrack-sync conntrackd`; docs/SPEAKER.md)",
+        ),
     ] {
         let aliases: Vec<String> = a.aliases.iter().map(|x| format!("`{x}`")).collect();
         let _ = writeln!(out, "| `{}` | you | {meaning} | {} |", a.name, aliases.join(", "));

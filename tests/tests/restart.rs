@@ -21,16 +21,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 /// For every node, an address it wins (so that each node announces one VIP).
 fn one_vip_per_node(lab: &Lab) -> Vec<Ipv4Addr> {
-    let names: Vec<&str> = lab.topology.nodes.iter().map(|n| n.name.as_str()).collect();
-    names
-        .iter()
-        .map(|n| {
-            (200..=250u8)
-                .map(|i| Ipv4Addr::new(198, 51, 100, i))
-                .find(|a| election::winner(names.iter().copied(), &IpAddr::V4(*a)) == Some(*n))
-                .expect("each node wins some address of 50")
-        })
-        .collect()
+    (0..lab.topology.nodes.len()).map(|i| lab.addresses_won_by(i, 1)[0]).collect()
 }
 
 /// A lab with a cluster, line echo servers on port 9000, and a Service per VIP (port 80: the

@@ -28,26 +28,28 @@ const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// The running driver: hand it views; it applies them in the background.
 pub struct Driver {
     node: String,
+    replicating: bool,
     rules: watch::Sender<Option<Arc<Ruleset>>>,
     task: JoinHandle<()>,
 }
 
 impl Driver {
     /// Starts applying for `node`; findings about host firewalls are reported on its Node.
-    pub fn start(client: Client, node: &str, metrics: Metrics) -> Driver {
+    /// `replicating`: this node replicates connections (`--conntrack-sync`).
+    pub fn start(client: Client, node: &str, replicating: bool, metrics: Metrics) -> Driver {
         let (rules, rx) = watch::channel(None::<Arc<Ruleset>>);
         let firewall = Firewall {
             client: client.clone(),
             node: node.to_string(),
             recorder: Recorder::new(client, "ferrolb-speaker", node),
         };
-        Driver { node: node.to_string(), rules, task: tokio::spawn(apply(rx, metrics, firewall)) }
+        Driver { node: node.to_string(), replicating, rules, task: tokio::spawn(apply(rx, metrics, firewall)) }
     }
 
     /// Forwards what `view` says from now on; Services that did not change keep their part of
     /// the table as it was.
     pub fn set_view(&self, view: &View) {
-        let services = model::forwarded(view, &self.node);
+        let services = model::forwarded(view, &self.node, self.replicating);
         let ruleset = match self.rules.borrow().as_deref() {
             Some(old) => old.rebuilt(&services),
             None => Ruleset::of(&services),

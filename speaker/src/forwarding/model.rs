@@ -6,8 +6,9 @@ use crate::state::View;
 
 use super::render::{ForwardedService, Port};
 
-/// The forwarding of every ferrolb Service, as node `me` does it, in key order.
-pub fn forwarded(view: &View, me: &str) -> Vec<ForwardedService> {
+/// The forwarding of every ferrolb Service, as node `me` does it, in key order; `replicating`
+/// when this node replicates connections (`--conntrack-sync`).
+pub fn forwarded(view: &View, me: &str, replicating: bool) -> Vec<ForwardedService> {
     view.services
         .values()
         .map(|s| ForwardedService {
@@ -31,6 +32,7 @@ pub fn forwarded(view: &View, me: &str) -> Vec<ForwardedService> {
             local: s.local,
             source_ranges: s.source_ranges.clone(),
             affinity: s.affinity,
+            replicate: replicating && s.replicate,
         })
         .collect()
 }
@@ -57,7 +59,7 @@ mod tests {
         )
         .unwrap();
         let view = View::of([&svc], [&slice], [], []);
-        let built = forwarded(&view, "node-1");
+        let built = forwarded(&view, "node-1", false);
         assert_eq!(built.len(), 1);
         assert!(built[0].local);
         assert_eq!(
@@ -69,6 +71,6 @@ mod tests {
         let mut cluster = svc.clone();
         cluster.spec.as_mut().unwrap().external_traffic_policy = Some("Cluster".into());
         let view = View::of([&cluster], [&slice], [], []);
-        assert_eq!(forwarded(&view, "node-1")[0].ports[0].endpoints.len(), 2, "Cluster: every ready endpoint");
+        assert_eq!(forwarded(&view, "node-1", false)[0].ports[0].endpoints.len(), 2, "Cluster: every ready endpoint");
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use super::render::{ForwardedService, MASQ_MARK, Port, group, nft_protocol};
+use super::render::{ForwardedService, MASQ_MARK, Port, VIP_SNAT_MARK, group, nft_protocol};
 
 /// What one Service adds to the table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -76,7 +76,9 @@ impl Part {
             return;
         }
         let mut rules = Vec::new();
-        if !svc.local {
+        if svc.replicate {
+            rules.push(format!("meta mark set meta mark | {VIP_SNAT_MARK:#x}"));
+        } else if !svc.local {
             rules.push(format!("meta mark set meta mark | {MASQ_MARK:#x}"));
         }
         let mut actions: Vec<String> = eps

@@ -29,8 +29,12 @@ pub const TABLE: &str = "ferrolb";
 /// The packet mark that asks for masquerading.
 pub const MASQ_MARK: u32 = 0x4000;
 
+/// The packet mark that asks for source NAT to the address the client connected to (the VIP), so
+/// that replies find whichever node owns it now: for Services whose connections are replicated.
+pub const VIP_SNAT_MARK: u32 = 0x8000;
+
 /// The protocol's name in nftables.
-pub(super) fn nft_protocol(p: Protocol) -> &'static str {
+pub(crate) fn nft_protocol(p: Protocol) -> &'static str {
     match p {
         Protocol::Tcp => "tcp",
         Protocol::Udp => "udp",
@@ -67,6 +71,8 @@ pub struct ForwardedService {
     pub source_ranges: Vec<IpNetwork>,
     /// `sessionAffinity: ClientIP` with its timeout in seconds.
     pub affinity: Option<u32>,
+    /// Connections are replicated to the other nodes: source NAT to the VIP, not the node.
+    pub replicate: bool,
 }
 
 /// ferrolb's table as one part per Service, so that a change is applied as the difference
@@ -255,7 +261,13 @@ fn base_chains() -> Vec<(&'static str, String, Vec<String>)> {
     out.push((
         "nat_postrouting",
         "type nat hook postrouting priority 90; policy accept;".to_string(),
-        vec![format!("meta mark & {MASQ_MARK:#x} == {MASQ_MARK:#x} masquerade")],
+        vec![
+            format!("meta mark & {MASQ_MARK:#x} == {MASQ_MARK:#x} masquerade"),
+            format!("meta mark & {VIP_SNAT_MARK:#x} == {VIP_SNAT_MARK:#x} meta nfproto ipv4 snat ip to ct original ip daddr"),
+            format!(
+                "meta mark & {VIP_SNAT_MARK:#x} == {VIP_SNAT_MARK:#x} meta nfproto ipv6 snat ip6 to ct original ip6 daddr"
+            ),
+        ],
     ));
     for (name, hook) in [("filter_input", "input"), ("filter_forward", "forward"), ("filter_output", "output")] {
         let mut matches =
@@ -296,6 +308,7 @@ mod tests {
             local: false,
             source_ranges: vec![],
             affinity: None,
+            replicate: false,
         }
     }
 
@@ -477,6 +490,7 @@ mod tests {
                     local,
                     source_ranges: if guarded { vec!["198.51.100.0/24".parse().unwrap()] } else { vec![] },
                     affinity,
+                    replicate: n == 1 && !local,
                 })
         }
 

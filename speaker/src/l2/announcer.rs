@@ -17,6 +17,8 @@ use super::gratuitous::Repeats;
 use super::interfaces::{self, Choice, Interface};
 use super::responder::{Responder, Seen};
 use crate::announce::{Announcer, Notice};
+use crate::conntrack::Replicator;
+use crate::conntrack::table::Replicated;
 use crate::election;
 use crate::membership::liveness::Members;
 use crate::metrics::{self, AddressLabel, Metrics};
@@ -55,6 +57,8 @@ pub struct L2Announcer {
     notices: Vec<Notice>,
     /// While leaving: addresses another node has announced since.
     taken_over: Option<BTreeSet<IpAddr>>,
+    /// Connection replication, when on.
+    replicator: Option<Replicator>,
 }
 
 impl L2Announcer {
@@ -82,6 +86,35 @@ impl L2Announcer {
             conflicts: Conflicts::default(),
             notices: Vec::new(),
             taken_over: None,
+            replicator: None,
+        }
+    }
+
+    /// Replicates connections with `replicator`: replicated flows are committed before this node
+    /// answers for an address it takes over.
+    pub fn with_replicator(mut self, replicator: Replicator) -> Self {
+        self.replicator = Some(replicator);
+        self
+    }
+
+    /// Tells the replication what is replicated and what this node owns now; commits the others'
+    /// flows first when it takes replicated addresses over.
+    fn replicate(&mut self, view: &View, mine: &BTreeMap<IpAddr, Vec<String>>) {
+        let Some(rep) = &mut self.replicator else { return };
+        let ports = view
+            .services
+            .values()
+            .filter(|s| s.replicate)
+            .flat_map(|s| s.ips.iter().flat_map(move |ip| s.ports.iter().map(move |p| (*ip, p.protocol, p.port))))
+            .collect();
+        let mut r = Replicated { ports, owned: BTreeSet::new() };
+        let replicated = r.addresses();
+        r.owned = mine.keys().filter(|ip| replicated.contains(ip)).copied().collect();
+        let taken: BTreeSet<IpAddr> = r.owned.iter().filter(|ip| !self.mine.contains_key(ip)).copied().collect();
+        let done =
+            if taken.is_empty() { rep.set(&r) } else { tokio::task::block_in_place(|| rep.take_over(&taken, &r)) };
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "connection replication");
         }
     }
 
@@ -196,6 +229,7 @@ impl Announcer for L2Announcer {
             tracing::info!(addresses = ?standing_in.keys().collect::<Vec<_>>(), "answering for a restarting node");
         }
         self.standing_in = standing_in;
+        self.replicate(view, &mine);
         if mine.keys().ne(self.mine.keys()) {
             self.metrics.election_changes.inc();
             tracing::info!(addresses = ?mine.keys().collect::<Vec<_>>(), "announcing");
@@ -239,6 +273,12 @@ impl Announcer for L2Announcer {
     }
 
     fn not_yet_taken_over(&mut self) -> BTreeSet<IpAddr> {
+        if self.taken_over.is_none()
+            && let Some(rep) = &mut self.replicator
+        {
+            // Leaving for good: this node tracks nothing of anyone's any more.
+            rep.remove();
+        }
         let taken = self.taken_over.get_or_insert_with(BTreeSet::new);
         while let Ok(Seen::Conflict { ip, .. }) = self.seen_rx.try_recv() {
             taken.insert(ip);

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use ferrolb_crds::annotations::{ALLOCATED_FROM, EXCLUDE_FROM_LB_LABEL, SERVICE_NAME_LABEL};
+use ferrolb_crds::annotations::{ALLOCATED_FROM, EXCLUDE_FROM_LB_LABEL, REPLICATE_CONNECTIONS, SERVICE_NAME_LABEL};
 use ferrolb_crds::{IPPool, Protocol, ServiceKey};
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -56,6 +56,8 @@ pub struct ServiceView {
     pub source_ranges: Vec<IpNetwork>,
     /// `sessionAffinity: ClientIP` with its timeout in seconds.
     pub affinity: Option<u32>,
+    /// Its connections are to be replicated to the other nodes (the annotation, Cluster policy).
+    pub replicate: bool,
 }
 
 impl ServiceView {
@@ -72,6 +74,7 @@ impl ServiceView {
             ready_nodes: ready.iter().map(|s| s.to_string()).collect(),
             source_ranges: Vec::new(),
             affinity: None,
+            replicate: false,
         };
         (v.key.clone(), v)
     }
@@ -195,15 +198,22 @@ pub fn service(svc: &Service, slices: &[&EndpointSlice]) -> Option<ServiceView> 
             spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds);
         t.and_then(|t| u32::try_from(t).ok()).unwrap_or(10_800)
     });
+    let local = spec.external_traffic_policy.as_deref() == Some("Local");
+    // Local policy keeps the client's address and its own pods: a flow cannot move anyway.
+    let replicate = !local
+        && svc.metadata.annotations.as_ref().is_some_and(
+            |a| matches!(REPLICATE_CONNECTIONS.get(a), Ok(Some(f)) if f.value.eq_ignore_ascii_case("true")),
+        );
     Some(ServiceView {
         key: ServiceKey::of(svc),
         ips,
         pool,
-        local: spec.external_traffic_policy.as_deref() == Some("Local"),
+        local,
         ports,
         ready_nodes,
         source_ranges,
         affinity,
+        replicate,
     })
 }
 

@@ -52,6 +52,17 @@ fn kube_err(e: kube::Error) -> LabError {
 }
 
 impl Lab {
+    /// The first `n` addresses from 198.51.100.200 on that node `i` wins the election for among
+    /// all the lab's nodes (so a test knows which node announces what).
+    pub fn addresses_won_by(&self, i: usize, n: usize) -> Vec<std::net::Ipv4Addr> {
+        let names: Vec<&str> = self.topology.nodes.iter().map(|n| n.name.as_str()).collect();
+        (200..=254u8)
+            .map(|last| std::net::Ipv4Addr::new(198, 51, 100, last))
+            .filter(|a| ferrolb_speaker::election::winner(names.iter().copied(), &IpAddr::V4(*a)) == Some(names[i]))
+            .take(n)
+            .collect()
+    }
+
     /// Runs the failover once on a lab whose cluster runs (`start_cluster`) and that has no
     /// pool or Service yet: Service `echo` on the lab's only VIP 198.51.100.200, its announcing
     /// node drained of its pod, then killed while the client connects every 10 ms for 6 s.
