@@ -183,7 +183,7 @@ pub async fn run(
     let mut l2 =
         L2Announcer::new(&cfg.node, Choice::new(cfg.exclude_interfaces.clone()), metrics.clone(), wake.clone());
     if cfg.conntrack_sync {
-        l2 = l2.with_replicator(replicator(my_ip, &cfg.state_dir).map_err(io)?);
+        l2 = l2.with_replicator(replicator(my_ip, &cfg.state_dir).map_err(io)?, claims.keys().copied().collect());
     }
     let mut announcers: Vec<Box<dyn Announcer>> = vec![Box::new(l2)];
     if let Some(bgp) = &cfg.bgp {

@@ -59,6 +59,8 @@ pub struct L2Announcer {
     taken_over: Option<BTreeSet<IpAddr>>,
     /// Connection replication, when on.
     replicator: Option<Replicator>,
+    /// The replicated addresses the replication last knew this node to own.
+    replicated_owned: BTreeSet<IpAddr>,
 }
 
 impl L2Announcer {
@@ -87,13 +89,16 @@ impl L2Announcer {
             notices: Vec::new(),
             taken_over: None,
             replicator: None,
+            replicated_owned: BTreeSet::new(),
         }
     }
 
     /// Replicates connections with `replicator`: replicated flows are committed before this node
-    /// answers for an address it takes over.
-    pub fn with_replicator(mut self, replicator: Replicator) -> Self {
+    /// answers for an address it takes over. `resumed`: the addresses a previous run on this node
+    /// announced (a restart in place) — still this node's own flows, not a takeover.
+    pub fn with_replicator(mut self, replicator: Replicator, resumed: BTreeSet<IpAddr>) -> Self {
         self.replicator = Some(replicator);
+        self.replicated_owned = resumed;
         self
     }
 
@@ -110,9 +115,10 @@ impl L2Announcer {
         let mut r = Replicated { ports, owned: BTreeSet::new() };
         let replicated = r.addresses();
         r.owned = mine.keys().filter(|ip| replicated.contains(ip)).copied().collect();
-        let taken: BTreeSet<IpAddr> = r.owned.iter().filter(|ip| !self.mine.contains_key(ip)).copied().collect();
+        let taken: BTreeSet<IpAddr> = r.owned.difference(&self.replicated_owned).copied().collect();
         let done =
             if taken.is_empty() { rep.set(&r) } else { tokio::task::block_in_place(|| rep.take_over(&taken, &r)) };
+        self.replicated_owned = r.owned.clone();
         if let Err(e) = done {
             tracing::warn!(error = %e, "connection replication");
         }
