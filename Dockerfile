@@ -14,7 +14,7 @@ ARG RUST_VERSION=1.95
 # Debian 12's packages as on the machines that build with podman.
 FROM rust:${RUST_VERSION}-bookworm AS rootfs
 RUN apt-get update \
- && apt-get install -y --no-install-recommends nftables bird2 ca-certificates \
+ && apt-get install -y --no-install-recommends nftables bird2 conntrackd conntrack ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

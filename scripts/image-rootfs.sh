@@ -9,7 +9,8 @@
 #             ferrolb-controller: one executable instead of two nearly equal ones), the C libraries
 #             it links, and a passwd entry for the non-root user 65532. No shell.
 # speaker:    ferrolb-speaker; nft with libnftables (the speaker loads it at run time); BIRD 2
-#             (bird, birdc, birdcl) for BGP mode; the libraries all of them link. No shell.
+#             (bird, birdc, birdcl) for BGP mode; conntrackd and conntrack for connection
+#             replication; the libraries all of them link. No shell.
 # Both carry Debian's CA bundle: the kube client's TLS setup loads the system's roots beside the
 # cluster's CA and refuses to start without any.
 set -euo pipefail
@@ -31,7 +32,7 @@ libraries() {
 system_files() {
   local f
   for f in "$@"; do
-    [[ -e $f ]] || { echo "image-rootfs: $f is missing (install nftables and bird2)" >&2; exit 1; }
+    [[ -e $f ]] || { echo "image-rootfs: $f is missing (install nftables, bird2, conntrackd and conntrack)" >&2; exit 1; }
     cp --parents -L "$f" "$out"
   done
   libraries "$@"
@@ -52,7 +53,7 @@ case $component in
   speaker)
     install -m 0755 "$bin/ferrolb-speaker" "$out/"
     lib=$(ldconfig -p | awk '/libnftables\.so\.1 .*x86-64/ {print $NF; exit}')
-    system_files /usr/sbin/nft "$lib" /usr/sbin/bird /usr/sbin/birdc /usr/sbin/birdcl
+    system_files /usr/sbin/nft "$lib" /usr/sbin/bird /usr/sbin/birdc /usr/sbin/birdcl /usr/sbin/conntrackd /usr/sbin/conntrack
     libraries "$out/ferrolb-speaker"
     # BIRD's control socket and state live in /run/bird (a volume in the pod: the root is read-only).
     mkdir -p "$out/run/bird" "$out/etc/bird"

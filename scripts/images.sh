@@ -9,7 +9,8 @@
 #   scripts/images.sh [OUT_DIR]      # default target/images
 #   -> OUT_DIR/ferrolb-controller-<version>.tar, OUT_DIR/ferrolb-speaker-<version>.tar
 #
-# Debian, as root. Installs podman, runc, nftables, bird2 and ca-certificates if missing.
+# Debian, as root. Installs podman, runc, nftables, bird2, conntrackd, conntrack and ca-certificates
+# if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-target/images}
@@ -22,6 +23,8 @@ command -v podman >/dev/null || missing+=(podman)
 command -v runc >/dev/null || missing+=(runc)
 command -v nft >/dev/null || missing+=(nftables)
 command -v bird >/dev/null || missing+=(bird2)
+command -v conntrackd >/dev/null || missing+=(conntrackd)
+command -v conntrack >/dev/null || missing+=(conntrack)
 [[ -e /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"

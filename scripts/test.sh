@@ -17,6 +17,9 @@ command -v promtool >/dev/null || missing+=(prometheus)
 # BGP mode: BIRD 2 on the nodes, FRR as the lab's upstream router.
 command -v bird >/dev/null || missing+=(bird2)
 command -v vtysh >/dev/null || missing+=(frr)
+# Connection replication: conntrackd on the nodes, conntrack to forget entries at a takeover.
+command -v conntrackd >/dev/null || missing+=(conntrackd)
+command -v conntrack >/dev/null || missing+=(conntrack)
 # containerd's ctr imports the image archives as k3s and kind do.
 command -v containerd >/dev/null || missing+=(containerd)
 if ((${#missing[@]})); then

@@ -159,7 +159,7 @@ class EveryOption(unittest.TestCase):
         self.assertEqual(c["image"], "registry.example.com/mirror/ferrolb-controller:v9.9.9")
         s = container(self.docs, "DaemonSet")
         for arg in ("--forwarding=none", "--peer-port=17946", "--heartbeat-interval-ms=200",
-                    "--peer-timeout-ms=1000", "--startup-settle-ms=3000", "--lease-seconds=15", "--restart-grace-ms=60000",
+                    "--peer-timeout-ms=1000", "--startup-settle-ms=3000", "--lease-seconds=15", "--restart-grace-ms=60000", "--conntrack-sync=conntrackd",
                     "--exclude-interfaces=veth*,cni0", "--bgp=bird", "--bgp-route-table=201", "--bgp-dir=/run/bird"):
             self.assertIn(arg, s["args"])
         self.assertIn({"name": "bird", "mountPath": "/run/bird"}, s["volumeMounts"])

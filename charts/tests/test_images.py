@@ -148,6 +148,10 @@ class Images(unittest.TestCase):
                             chart_image("speaker"), "-s", "/run/bird/none.ctl", "show status", check=False)
         # It runs (its libraries load) and says it cannot reach a BIRD that is not running.
         self.assertIn("/run/bird/none.ctl", birdc.stdout + birdc.stderr)
+        conntrackd = self.run_in("speaker", "/usr/sbin/conntrackd", "-v")
+        self.assertIn("Connection tracking userspace daemon", conntrackd.stdout + conntrackd.stderr)
+        conntrack = self.run_in("speaker", "/usr/sbin/conntrack", "--version")
+        self.assertRegex(conntrack.stdout + conntrack.stderr, r"conntrack v1\.")
         # libnftables really works in there: a ruleset in the container's own network namespace.
         done = self.podman("run", "--rm", *RUN, "--read-only", "--network", "none", "--cap-add", "NET_ADMIN",
                            "--entrypoint", "/usr/sbin/nft", chart_image("speaker"),

@@ -10,13 +10,8 @@ use std::time::{Duration, Instant};
 
 use ferrolb_speaker::election;
 use ferrolb_tests::lab::streams::{Prober, Stream, StreamReport};
-use ferrolb_tests::lab::{Lab, netns, probe, processes::Running};
-use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, PostParams};
+use ferrolb_tests::lab::{Lab, netns, probe, processes::Running, replication};
 use serde_json::json;
-
-/// The speaker flags of connection replication.
-const SYNC: &[&str] = &["--conntrack-sync", "conntrackd"];
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
@@ -32,29 +27,20 @@ fn one_vip_per_node(lab: &Lab) -> Vec<Ipv4Addr> {
 /// `replicate`, speakers replicate connections and the Services ask for it.
 async fn lab_with_vips(replicate: bool) -> (Lab, Running, Vec<Ipv4Addr>) {
     let lab = Lab::build(3, false).await.expect("lab up");
-    let mut running = if replicate {
-        lab.register_cluster().await.unwrap();
-        let controller = lab.start_controller().unwrap();
-        let speakers = (0..3).map(|i| lab.start_speaker(i, SYNC).unwrap()).collect();
-        Running { controller, speakers, backends: lab.start_backends("echo", 8080).await.unwrap() }
+    let running = if replicate {
+        lab.start_replicating_cluster().await.unwrap()
     } else {
-        lab.start_cluster().await.unwrap()
+        let mut running = lab.start_cluster().await.unwrap();
+        running.backends.extend(lab.start_line_echo(9000).unwrap());
+        running
     };
-    running.backends.extend(lab.start_line_echo(9000).unwrap());
     lab.apply_pool("lan", json!({"addresses": ["198.51.100.200-198.51.100.250"]})).await.unwrap();
     let vips = one_vip_per_node(&lab);
-    let api: Api<Service> = Api::namespaced(lab.client().await.unwrap(), "default");
     for (i, vip) in vips.iter().enumerate() {
-        let svc: Service = serde_json::from_value(json!({"metadata": {"name": format!("s{i}"),
-            "annotations": {"ferrolb.io/ips": vip.to_string(), "ferrolb.io/replicate-connections": replicate.to_string()}},
-            "spec": {"type": "LoadBalancer", "selector": {"app": "echo"}, "ports": [
-                {"name": "tcp", "port": 80, "targetPort": 8080}, {"name": "stream", "port": 9000, "targetPort": 9000}]}}))
-        .unwrap();
-        api.create(&PostParams::default(), &svc).await.unwrap();
+        lab.line_service(&format!("s{i}"), "echo", *vip, replicate).await.unwrap();
     }
     for (i, vip) in vips.iter().enumerate() {
-        let want = probe::mac_bytes(&lab.topology.nodes[i].mac);
-        wait_for_owner(&lab, *vip, want, "its node to answer").await;
+        lab.wait_for_owner(*vip, i).await.unwrap();
         let (ns, target) = (lab.topology.client.namespace.clone(), SocketAddr::new(IpAddr::V4(*vip), 80));
         common::eventually("the VIP to reach a pod", Duration::from_secs(30), || {
             let ns = ns.clone();
@@ -69,14 +55,6 @@ async fn lab_with_vips(replicate: bool) -> (Lab, Running, Vec<Ipv4Addr>) {
 async fn arp(lab: &Lab, vip: Ipv4Addr) -> std::collections::BTreeSet<[u8; 6]> {
     let c = lab.topology.client.clone();
     blocking(move || probe::arp_who_has(&c.namespace, &c.interface, &c.mac, c.ipv4, vip).unwrap_or_default()).await
-}
-
-async fn wait_for_owner(lab: &Lab, vip: Ipv4Addr, mac: [u8; 6], what: &str) {
-    common::eventually(what, Duration::from_secs(30), || async {
-        let macs = arp(lab, vip).await;
-        (macs.len() == 1 && macs.contains(&mac)).then_some(())
-    })
-    .await;
 }
 
 /// Waits until node `i`'s (new) speaker announces `n` addresses and sees every peer.
@@ -122,7 +100,7 @@ async fn rolling_restart(replicate: bool) {
     if !common::lab_prerequisites() {
         return;
     }
-    let flags: &[&str] = if replicate { SYNC } else { &[] };
+    let flags: &[&str] = if replicate { replication::SYNC } else { &[] };
     let (lab, mut running, vips) = lab_with_vips(replicate).await;
     let open = streams(&lab, &vips);
     let targets: Vec<SocketAddr> = vips.iter().map(|v| SocketAddr::new(IpAddr::V4(*v), 80)).collect();
@@ -196,7 +174,7 @@ async fn a_dead_node_that_returns_takes_nothing_back() {
     let next_mac = probe::mac_bytes(&lab.topology.nodes[next_idx].mac);
     running.speakers[0].kill();
     netns::ip_in(&lab.topology.nodes[0].namespace, &["link", "set", "eth0", "down"]).unwrap();
-    wait_for_owner(&lab, vip, next_mac, "the runner-up to take the address over").await;
+    lab.wait_for_owner(vip, next_idx).await.unwrap();
     let open = streams(&lab, &[vip]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     netns::ip_in(&lab.topology.nodes[0].namespace, &["link", "set", "eth0", "up"]).unwrap();

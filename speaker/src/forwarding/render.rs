@@ -31,7 +31,8 @@ pub const MASQ_MARK: u32 = 0x4000;
 
 /// The packet mark that asks for source NAT to the address the client connected to (the VIP), so
 /// that replies find whichever node owns it now: for Services whose connections are replicated.
-pub const VIP_SNAT_MARK: u32 = 0x8000;
+/// Not 0x8000: that is kube-proxy's (and older kubelets') drop mark.
+pub const VIP_SNAT_MARK: u32 = 0x2000;
 
 /// The protocol's name in nftables.
 pub(crate) fn nft_protocol(p: Protocol) -> &'static str {
@@ -328,6 +329,20 @@ mod tests {
         );
         assert!(text.contains("meta l4proto tcp dnat ip6 to [2001:db8:1:1::2]:8080"), "{text}");
         assert_eq!(render(&[web()]), text, "rendering is deterministic");
+    }
+
+    #[test]
+    fn replicated_connections_are_source_natted_to_the_vip() {
+        let text = render(&[ForwardedService { replicate: true, ..web() }]);
+        assert!(text.contains(&format!("\tchain {CHAIN}/v4 {{\n\t\tmeta mark set meta mark | 0x2000\n")), "{text}");
+        assert!(
+            text.contains("meta mark & 0x2000 == 0x2000 meta nfproto ipv4 snat ip to ct original ip daddr"),
+            "{text}"
+        );
+        assert!(
+            text.contains("meta mark & 0x2000 == 0x2000 meta nfproto ipv6 snat ip6 to ct original ip6 daddr"),
+            "{text}"
+        );
     }
 
     #[test]

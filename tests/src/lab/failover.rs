@@ -24,12 +24,12 @@ pub struct TcpFailover {
     pub resumed: bool,
 }
 
-fn failed(what: &str) -> LabError {
+pub(super) fn failed(what: &str) -> LabError {
     LabError::Io(std::io::Error::other(format!("timed out waiting for {what}")))
 }
 
 /// Polls `check` every 20 ms until it gives a value, for at most `timeout`.
-async fn until<T, F: FnMut() -> Option<T> + Clone + Send + 'static>(
+pub(super) async fn until<T, F: FnMut() -> Option<T> + Clone + Send + 'static>(
     what: &str,
     timeout: Duration,
     check: F,

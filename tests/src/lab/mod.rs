@@ -9,6 +9,7 @@ pub mod failover;
 pub mod netns;
 pub mod probe;
 pub mod processes;
+pub mod replication;
 pub mod router;
 pub mod sctp;
 pub mod streams;

@@ -152,6 +152,34 @@ fn run(target: SocketAddr, stop: &AtomicBool, r: &mut StreamReport) -> Result<()
     }
 }
 
+/// Opens connections to `target` from namespace `ns` one after another, as fast as they complete,
+/// for `span`: (connections completed, connections failed). Each reads the backend's whole answer.
+pub fn connect_back_to_back(ns: &str, target: SocketAddr, span: Duration) -> (u64, u64) {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        if in_namespace(&ns).is_err() {
+            return (0, 1);
+        }
+        let (mut ok, mut failed) = (0, 0);
+        let started = Instant::now();
+        let mut sink = Vec::new();
+        while started.elapsed() < span {
+            let done = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)).and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                sink.clear();
+                s.read_to_end(&mut sink)
+            });
+            match done {
+                Ok(n) if n > 0 => ok += 1,
+                _ => failed += 1,
+            }
+        }
+        (ok, failed)
+    })
+    .join()
+    .unwrap_or((0, 1))
+}
+
 /// Opens a new connection every 10 ms, round robin over `targets`, until stopped.
 pub struct Prober {
     stop: Arc<AtomicBool>,
