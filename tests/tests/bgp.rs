@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use ferrolb_crds::BGPPeer;
 use ferrolb_tests::lab::router::{Router, RouterConfig};
+use ferrolb_tests::lab::streams::{Prober, Stream, StreamReport};
 use ferrolb_tests::lab::{Lab, probe};
 use kube::Api;
 use serde_json::json;
@@ -360,8 +361,8 @@ async fn with_bfd_a_dead_nodes_next_hop_leaves_the_router_at_once() {
     assert!(!all_ok.contains_key("node-1"), "{all_ok:?}");
 }
 
-/// SIGTERM of a node's speaker (the node goes away): its routes are withdrawn first, and no new
-/// connection fails meanwhile.
+/// SIGTERM of a node's speaker (the node goes away: cordoned first, as a drain does): its routes
+/// are withdrawn first, and no new connection fails meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_withdraws_first_and_no_connection_fails() {
     if !daemons() {
@@ -389,6 +390,7 @@ async fn sigterm_withdraws_first_and_no_connection_fails() {
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
+    lab.cordon(&lab.topology.nodes[0].name).await.unwrap();
     let exited = tokio::task::block_in_place(|| running.speakers[0].terminate()).unwrap();
     assert!(exited.success(), "{exited}");
     // Gone from the router by the time the speaker has exited.
@@ -399,6 +401,58 @@ async fn sigterm_withdraws_first_and_no_connection_fails() {
     let (ok, failed) = prober.await.unwrap();
     assert_eq!(failed, 0, "{failed} of {} connections failed", ok + failed);
     assert!(ok > 50, "{ok}");
+}
+
+/// A rolling restart of every speaker (SIGTERM, a new one a second later) with peers that have
+/// graceful restart: BIRD dies with each speaker, the router keeps that node's routes (stale)
+/// until the new BIRD (started to recover, `-R`: it sends its end-of-RIB only after its routes)
+/// is back, every node stays a next hop, the router's hashing moves no flow, and neither a
+/// long-lived stream nor a new connection through the router fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_with_graceful_restart_keeps_every_route_and_connection() {
+    if !daemons() {
+        return;
+    }
+    let lab = Lab::build(3, true).await.expect("lab up");
+    let (mut running, router) =
+        lab.start_bgp_cluster(&RouterConfig::default(), json!({"gracefulRestart": true})).await.unwrap();
+    running.backends.extend(lab.start_line_echo(9000).unwrap());
+    bgp_pool(&lab, json!({})).await;
+    let vip: std::net::Ipv4Addr = "203.0.113.230".parse().unwrap();
+    lab.line_service("stream", "echo", vip, false).await.unwrap();
+    let ip = IpAddr::V4(vip);
+    next_hops_become(&lab, &router, ip, &[0, 1, 2], Duration::from_secs(30)).await;
+    let remote = lab.topology.routed.as_ref().unwrap().remote.namespace.clone();
+    let streams: Vec<Stream> = (0..6).map(|_| Stream::open(&remote, SocketAddr::new(ip, 9000))).collect();
+    let prober = Prober::start(&remote, vec![SocketAddr::new(ip, 80)]);
+    let client: IpAddr = lab.topology.routed.as_ref().unwrap().remote.ipv4.into();
+    let flows = || router.flow_next_hops(client, ip, "eth1", 40000..40300);
+    for i in 0..3 {
+        let before = flows();
+        let mut old = running.speakers.remove(i);
+        let exited = tokio::task::block_in_place(|| old.terminate()).unwrap();
+        assert!(exited.success(), "{exited}");
+        let hops = router.fib_next_hops(&host(ip));
+        assert!(node_of_any(&lab, &hops, i).is_some(), "node-{} left the router while restarting: {hops:?}", i + 1);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        running.speakers.insert(i, lab.start_bgp_speaker(i, &[]).unwrap());
+        let ns = lab.topology.nodes[i].namespace.clone();
+        common::eventually("the new speaker's session to be up", Duration::from_secs(30), || async {
+            let text = probe::speaker_metrics(&ns).await?;
+            text.lines().any(|l| l.starts_with("ferrolb_speaker_bgp_session_up{") && l.ends_with(" 1")).then_some(())
+        })
+        .await;
+        next_hops_become(&lab, &router, ip, &[0, 1, 2], Duration::from_secs(5)).await;
+        let moved = before.iter().zip(flows()).filter(|(b, a)| **b != *a).count();
+        assert_eq!(moved, 0, "the router moved {moved} of 300 flows when node-{} restarted", i + 1);
+    }
+    let (ok, failed) = tokio::task::block_in_place(|| prober.stop());
+    assert!(failed.is_empty(), "{} of {} connections failed: {failed:?}", failed.len(), ok + failed.len() as u64);
+    let reports: Vec<StreamReport> = tokio::task::block_in_place(|| streams.into_iter().map(Stream::stop).collect());
+    for r in &reports {
+        assert_eq!(r.cut, None, "a stream was cut: {r:?}");
+        assert_eq!(r.echoed, r.sent, "{r:?}");
+    }
 }
 
 fn node_of_any(lab: &Lab, hops: &[IpAddr], idx: usize) -> Option<IpAddr> {

@@ -50,6 +50,9 @@ pub struct BgpAnnouncer {
     advertised: BTreeSet<IpAddr>,
     /// Set when the node leaves: when the routes were seen gone from the table.
     leaving: Option<Option<Instant>>,
+    /// Whether what it advertises stays through a restart in place: with an external daemon, or
+    /// when every peer of this node has graceful restart.
+    survives_restart: bool,
 }
 
 impl BgpAnnouncer {
@@ -63,6 +66,7 @@ impl BgpAnnouncer {
             notices: Vec::new(),
             advertised: BTreeSet::new(),
             leaving: None,
+            survives_restart: true,
         }
     }
 
@@ -106,6 +110,9 @@ impl Announcer for BgpAnnouncer {
     fn update(&mut self, view: &View, members: &Members, _now: Instant) {
         let alive = &members.alive;
         let (peers, named) = self.peers(view);
+        // An external daemon outlives the speaker; the BIRD it runs does not, and its routers keep
+        // the routes through a restart only with graceful restart.
+        self.survives_restart = peers.as_ref().is_none_or(|ps| ps.iter().all(|p| p.graceful_restart));
         let plan = if self.leaving.is_some() {
             routes::Plan::default()
         } else {
@@ -155,6 +162,10 @@ impl Announcer for BgpAnnouncer {
     }
 
     fn tick(&mut self, _now: Instant) {}
+
+    fn survives_restart(&self) -> bool {
+        self.survives_restart
+    }
 
     fn announced(&self) -> &BTreeMap<IpAddr, String> {
         &self.announced

@@ -84,6 +84,9 @@ pub fn render(c: &Config<'_>) -> String {
     );
     let _ = writeln!(w, "router id {};", c.router_id);
     let _ = writeln!(w, "log stderr {{ info, remote, warning, error, auth, fatal, bug }};");
+    // A BIRD started to recover (a speaker restarted in place, `bird -R`) holds its end-of-RIB
+    // until its routes are exported, but no longer than this: well within the routers' 120 s.
+    let _ = writeln!(w, "graceful restart wait 20;");
     let _ = writeln!(w, "protocol device {{ scan time 10; }}");
     for (family, v) in [("ipv4", 4), ("ipv6", 6)] {
         let _ = writeln!(w, "{family} table ferrolb{v};");
@@ -252,6 +255,7 @@ mod tests {
 # Routes come from kernel table 179 (proto 245); the metric is the route class.
 router id 198.51.100.11;
 log stderr {{ info, remote, warning, error, auth, fatal, bug }};
+graceful restart wait 20;
 protocol device {{ scan time 10; }}
 ipv4 table ferrolb4;
 protocol kernel ferrolb_kernel4 {{

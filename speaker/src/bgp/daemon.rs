@@ -27,12 +27,20 @@ pub struct Bird {
     child: Option<Child>,
     config: Option<String>,
     started: Option<Instant>,
+    recover: bool,
 }
 
 impl Bird {
     /// A daemon whose files live in `dir` (created if missing).
     pub fn new(dir: &Path) -> Self {
-        Self { dir: dir.to_path_buf(), child: None, config: None, started: None }
+        Self { dir: dir.to_path_buf(), child: None, config: None, started: None, recover: false }
+    }
+
+    /// Starts the next BIRD in graceful restart recovery (`-R`): the routes of a previous run are
+    /// still in the kernel table and the routers are keeping them; it tells them it has sent
+    /// everything only once it has.
+    pub fn recover(&mut self) {
+        self.recover = true;
     }
 
     fn socket(&self) -> PathBuf {
@@ -99,6 +107,9 @@ impl Bird {
             let _ = std::fs::remove_file(self.socket());
             let mut cmd = Command::new("bird");
             cmd.arg("-f").arg("-c").arg(self.file()).arg("-s").arg(self.socket());
+            if std::mem::take(&mut self.recover) {
+                cmd.arg("-R");
+            }
             cmd.stdin(Stdio::null()).kill_on_drop(true);
             // SAFETY: prctl is async-signal-safe; BIRD dies with the speaker, so that a dead
             // speaker's routes leave the routers (BFD or the hold timer notices).

@@ -98,23 +98,42 @@ struct Task {
 async fn run(mut t: Task, mut rx: watch::Receiver<Desired>, observed: Arc<Mutex<Observed>>) {
     let mut written: BTreeMap<String, Entry> = BTreeMap::new();
     let mut poll = tokio::time::interval(POLL_EVERY);
+    // Nothing is touched before the announcer has said what it wants: after a restart in place
+    // the table still holds the previous run's routes, which a router with graceful restart is
+    // keeping, and an empty table now would withdraw them for a moment.
+    let mut told = false;
+    let mut first = true;
     loop {
         tokio::select! {
-            changed = rx.changed() => if changed.is_err() { break },
+            changed = rx.changed() => if changed.is_err() { break } else { told = true },
             _ = poll.tick() => {}
         }
-        let want = rx.borrow_and_update().clone();
-        if let (Some(bird), Some(config)) = (&mut t.bird, &want.config)
-            && let Err(e) = bird.ensure(config).await
-        {
-            tracing::warn!(error = %e, "BIRD is not running the wanted configuration");
+        if !told {
+            continue;
         }
+        if first {
+            first = false;
+            // Routes left by a previous run: a restart in place.
+            if let Some(bird) = &mut t.bird
+                && t.table.read().await.is_ok_and(|r| !r.is_empty())
+            {
+                bird.recover();
+            }
+        }
+        let want = rx.borrow_and_update().clone();
+        // The table first: a BIRD that starts now finds the routes there and advertises them
+        // before it tells the routers it has sent everything (which ends their graceful restart).
         match t.table.sync(&want.routes).await {
             Ok((added, removed)) if added + removed > 0 => {
                 tracing::info!(added, removed, routes = want.routes.len(), "BGP route table updated");
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not update the BGP route table"),
+        }
+        if let (Some(bird), Some(config)) = (&mut t.bird, &want.config)
+            && let Err(e) = bird.ensure(config).await
+        {
+            tracing::warn!(error = %e, "BIRD is not running the wanted configuration");
         }
         let routes = t.table.read().await.unwrap_or_default();
         t.metrics.bgp_routes.set(i64::try_from(routes.len()).unwrap_or(i64::MAX));
