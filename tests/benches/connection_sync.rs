@@ -18,7 +18,7 @@ use ferrolb_tests::lab::{Lab, netns};
 use serde_json::json;
 
 const RUNS: usize = 10;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 6;
 const ROUND: Duration = Duration::from_secs(3);
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -61,7 +61,7 @@ fn sync_bytes(ns: &str) -> f64 {
 }
 
 fn count_sync_bytes(ns: &str) {
-    let rules = "table inet bench { chain out { type filter hook output priority 0; udp dport 3780 counter } }";
+    let rules = "table inet bench { chain out { type filter hook output priority 0; udp dport 3780 counter; }; }";
     netns::exec(ns, "nft", &[rules]).expect("the counter");
 }
 
@@ -109,26 +109,35 @@ async fn cost() {
     count_sync_bytes(&lab.topology.nodes[0].namespace);
     let (mut with, mut without) = (Vec::new(), Vec::new());
     let (mut cpu_send, mut cpu_receive, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
+    let mut unreplicated_bytes = Vec::new();
     // Warm both paths once.
     for vip in &vips {
         let _ = connect_back_to_back(&ns, SocketAddr::new(IpAddr::V4(*vip), 80), Duration::from_millis(500));
     }
-    for _ in 0..ROUNDS {
-        let (ok, failed) = connect_back_to_back(&ns, SocketAddr::new(IpAddr::V4(vips[1]), 80), ROUND);
-        assert_eq!(failed, 0);
-        without.push(ok as f64 / ROUND.as_secs_f64());
-        let before =
-            (conntrackd_cpu(&lab, &n1), conntrackd_cpu(&lab, &n2), sync_bytes(&lab.topology.nodes[0].namespace));
-        let (ok, failed) = connect_back_to_back(&ns, SocketAddr::new(IpAddr::V4(vips[0]), 80), ROUND);
-        assert_eq!(failed, 0);
-        // The last updates (the closes) are sent within a moment.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let after =
-            (conntrackd_cpu(&lab, &n1), conntrackd_cpu(&lab, &n2), sync_bytes(&lab.topology.nodes[0].namespace));
-        with.push(ok as f64 / ROUND.as_secs_f64());
-        cpu_send.push((after.0 - before.0) / ok as f64 * 1e6);
-        cpu_receive.push((after.1 - before.1) / ok as f64 * 1e6);
-        bytes.push((after.2 - before.2) / ok as f64);
+    for round in 0..ROUNDS {
+        // Alternate which goes first, so that neither profits from the other's warm-up.
+        for replicated in if round % 2 == 0 { [false, true] } else { [true, false] } {
+            let vip = vips[usize::from(!replicated)];
+            let counters =
+                || (conntrackd_cpu(&lab, &n1), conntrackd_cpu(&lab, &n2), sync_bytes(&lab.topology.nodes[0].namespace));
+            let before = counters();
+            let (ok, failed) = connect_back_to_back(&ns, SocketAddr::new(IpAddr::V4(vip), 80), ROUND);
+            assert_eq!(failed, 0);
+            // The last updates (the closes) go out within a moment.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let after = counters();
+            let rate = ok as f64 / ROUND.as_secs_f64();
+            if replicated {
+                with.push(rate);
+                cpu_send.push((after.0 - before.0) / ok as f64 * 1e6);
+                cpu_receive.push((after.1 - before.1) / ok as f64 * 1e6);
+                bytes.push((after.2 - before.2) / ok as f64);
+            } else {
+                without.push(rate);
+                // What replication costs when a Service does not ask for it: nothing is sent.
+                unreplicated_bytes.push((after.2 - before.2) / ok as f64);
+            }
+        }
     }
     let (w, wo) = (median(with.clone()), median(without.clone()));
     println!("| replication's cost ({ROUNDS} interleaved rounds of {} s, medians) | value |", ROUND.as_secs());
@@ -139,6 +148,7 @@ async fn cost() {
     println!("| conntrackd CPU per new connection, owner (sends) | {:.0} µs |", median(cpu_send));
     println!("| conntrackd CPU per new connection, another node (receives) | {:.0} µs |", median(cpu_receive));
     println!("| bytes the owner sends to the group per new connection | {:.0} |", median(bytes));
+    println!("| … per new connection of a Service not replicated | {:.0} |", median(unreplicated_bytes));
     println!(
         "\nrounds, connections/s: not replicated {:?}; replicated {:?}",
         without.iter().map(|v| v.round()).collect::<Vec<_>>(),

@@ -22,6 +22,13 @@ async fn a_replicated_stream_survives_the_death_of_its_node_and_a_plain_one_does
         assert_eq!(r.cut, None, "the replicated stream ({what}) was cut: {r:?}");
         assert_eq!(r.echoed, r.sent, "{what}: {r:?}");
     }
+    // Only the replicated Services' flows travel: node-2 held node-1's two replicated streams
+    // (to the addresses 198.51.100.x it owns) and nothing of the plain one.
+    let vips = lab.addresses_won_by(0, 3);
+    for (vip, held) in [(vips[0], true), (vips[1], true), (vips[2], false)] {
+        let line = format!("dst={vip} ");
+        assert_eq!(seen.external.contains(&line), held, "{vip} in node-2's external cache:\n{}", seen.external);
+    }
     let plain = &seen.plain;
     assert!(plain.cut.is_some(), "the control stream survived without replication: the test proves nothing: {plain:?}");
     println!(

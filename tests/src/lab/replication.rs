@@ -29,6 +29,9 @@ pub struct ReplicatedFailover {
     pub far: StreamReport,
     /// Not replicated (the control).
     pub plain: StreamReport,
+    /// The flows node-2's conntrackd held for the others just before node-1 died
+    /// (`conntrackd -e`).
+    pub external: String,
 }
 
 fn kube_err(e: kube::Error) -> LabError {
@@ -117,6 +120,7 @@ impl Lab {
         let (near, far, plain) = (open(vips[0]), open(vips[1]), open(vips[2]));
         // Long enough for conntrackd to have sent the flows to the others.
         tokio::time::sleep(Duration::from_secs(1)).await;
+        let external = self.conntrackd(1, "-e")?;
         running.speakers[0].kill();
         netns::ip_in(&self.topology.nodes[0].namespace, &["link", "set", "eth0", "down"])?;
         for vip in &vips {
@@ -126,6 +130,14 @@ impl Lab {
         let reports = tokio::task::spawn_blocking(move || (near.stop(), far.stop(), plain.stop()))
             .await
             .map_err(|_| failed("the streams to stop"))?;
-        Ok(ReplicatedFailover { near: reports.0, far: reports.1, plain: reports.2 })
+        Ok(ReplicatedFailover { near: reports.0, far: reports.1, plain: reports.2, external })
+    }
+
+    /// Asks node `i`'s conntrackd (`-e`: its external cache, the flows of the others; `-i`: its
+    /// own).
+    pub fn conntrackd(&self, i: usize, flag: &str) -> Result<String, LabError> {
+        let node = &self.topology.nodes[i];
+        let conf = self.dir.join(format!("state-{}/conntrackd.conf", node.name));
+        netns::exec(&node.namespace, "conntrackd", &["-C", &conf.to_string_lossy(), flag])
     }
 }
