@@ -309,6 +309,15 @@ pub async fn run(
     };
     hand_over(&cfg, announcers, &mut heartbeats, status, &claims, &caches, &wake).await;
     tasks.shutdown().await;
+    if exit == Exit::Restart {
+        // Registered for the whole grace (the renewals stopped with the tasks): peers count only
+        // the holders of unexpired Leases. A speaker that crashes cannot do this, so its hold
+        // ends with its Lease (--lease-seconds) if that comes first.
+        let hold = cfg.lease_duration.max(cfg.timings.hold);
+        if let Err(e) = lease::renew(&leases_api, &cfg.node, peer_addr, hold).await {
+            tracing::warn!(error = %e, "could not extend the speaker Lease over the restart");
+        }
+    }
     if let Some(d) = driver {
         match exit {
             Exit::Restart => d.detach(),

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod announce;
 pub mod bgp;
+pub mod child;
 pub mod conntrack;
 pub mod election;
 pub mod forwarding;

@@ -91,7 +91,15 @@ async fn main() {
     let mut kill = Vec::new();
     for _ in 0..RUNS {
         let owner = settle(&lab, vip).await;
-        let took = measure(&lab, vip, owner, || speakers[owner].kill()).await;
+        // A dead node: its speaker killed and its link down (a speaker that only crashes on a live
+        // node is restarted in place and keeps its addresses).
+        let ns = lab.topology.nodes[owner].namespace.clone();
+        let took = measure(&lab, vip, owner, || {
+            speakers[owner].kill();
+            let _ = netns::ip_in(&ns, &["link", "set", "eth0", "down"]);
+        })
+        .await;
+        let _ = netns::ip_in(&ns, &["link", "set", "eth0", "up"]);
         kill.push(took);
         speakers[owner] = lab.start_speaker(owner, &[]).unwrap();
     }

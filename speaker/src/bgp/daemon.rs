@@ -111,16 +111,10 @@ impl Bird {
                 cmd.arg("-R");
             }
             cmd.stdin(Stdio::null()).kill_on_drop(true);
-            // SAFETY: prctl is async-signal-safe; BIRD dies with the speaker, so that a dead
-            // speaker's routes leave the routers (BFD or the hold timer notices).
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            // BIRD dies with the speaker, so that a dead speaker's routes leave the routers (BFD
+            // or the hold timer notices).
+            // SAFETY: the hook only makes an async-signal-safe system call.
+            unsafe { cmd.pre_exec(crate::child::die_with_parent) };
             let child = cmd.spawn().map_err(|e| DaemonError::Io("bird".into(), e))?;
             tracing::info!(pid = child.id(), dir = %self.dir.display(), "started BIRD");
             self.child = Some(child);

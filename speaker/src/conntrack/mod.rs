@@ -68,15 +68,8 @@ impl Replicator {
         let _ = std::fs::remove_file(config::socket(node.dir));
         let mut cmd = Command::new("conntrackd");
         cmd.arg("-C").arg(&conf).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child with us.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // SAFETY: the hook only makes an async-signal-safe system call.
+        unsafe { cmd.pre_exec(crate::child::die_with_parent) };
         let child = cmd.spawn().map_err(|e| SyncError::Io("conntrackd".into(), e))?;
         tracing::info!(conf = %conf.display(), group = config::GROUP, "replicating connections with conntrackd");
         Ok(Self { conf, child, applied: None })

@@ -1,6 +1,6 @@
 //! `ferrolb-lab demo`: the whole story in one command — a pool and a Service, the EXTERNAL-IP and
-//! who announces it, the client's `curl` answered by a pod, the announcing node's speaker killed,
-//! how long the client took to follow, and `curl` answered again. Also the first step that
+//! who announces it, the client's `curl` answered by a pod, the announcing node's death (its speaker
+//! killed, its link down), how long the client took to follow, and `curl` answered again. Also the first step that
 //! `ferrolb-lab up` prints for a newcomer to copy.
 
 use std::net::IpAddr;
@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
-use super::netns::LabError;
+use super::netns::{self, LabError};
 use super::{Lab, probe};
 
 fn fail(what: impl Into<String>) -> LabError {
@@ -181,9 +181,12 @@ pub async fn run(say: impl Fn(&str)) -> Result<Outcome, LabError> {
     let ns = c.namespace.clone();
     tokio::task::spawn_blocking(move || probe::resolve(&ns, vip)).await.map_err(|e| fail(e.to_string()))?;
     let idx = lab.topology.nodes.iter().position(|n| n.name == first_node).ok_or_else(|| fail("no such node"))?;
-    say(&format!("kill -9 the speaker on {first_node} ..."));
+    // A node dies (a speaker that only crashes on a live node is restarted in place: its address
+    // stays, docs/SPEAKER.md).
+    say(&format!("{first_node} dies: kill -9 its speaker, take its link down ..."));
     let killed = Instant::now();
     speakers[idx].kill();
+    netns::ip_in(&lab.topology.nodes[idx].namespace, &["link", "set", "eth0", "down"])?;
     let ns = c.namespace.clone();
     let (second, failover) = until("another node to take over", Duration::from_secs(20), || async {
         let mac = probe::neighbour(&ns, &vip.to_string())?;
