@@ -153,7 +153,8 @@ class EveryOption(unittest.TestCase):
     def test_values_reach_the_objects(self):
         c = container(self.docs, "Deployment")
         for arg in ("--lb-class=example.com/lb", "--lb-class-only", "--leader-lease-seconds=20",
-                    "--leader-retry-ms=1500", "--concurrency=8", "--metrics-addr=0.0.0.0:9472",
+                    "--leader-retry-ms=1500", "--concurrency=8", "--reserved-cidrs=10.96.0.0/12,fd00:10:96::/112",
+                    "--metrics-addr=0.0.0.0:9472",
                     "--health-addr=0.0.0.0:9473", "--log-format=json", "--log-level=ferrolb_speaker=debug,info"):
             self.assertIn(arg, c["args"])
         self.assertEqual(c["image"], "registry.example.com/mirror/ferrolb-controller:v9.9.9")

@@ -107,7 +107,7 @@ pub fn check(docs: &[Value]) -> (Vec<Report>, Vec<String>) {
     let mut alloc = Allocator::new();
     let mut errors: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, pool, _) in &pools {
-        let (config, errs) = pool_config(pool);
+        let (config, errs) = pool_config(pool, &[]);
         alloc.set_pool(name, config);
         errors.insert(name.clone(), errs);
     }
@@ -174,7 +174,16 @@ mod tests {
             "apiVersion: ferrolb.io/v1alpha1\nkind: IPPool\nmetadata: {name: home}\nspec:\n  addresses: [192.168.1.240-192.168.1.250, fd00:10::/120]\n",
         );
         assert_eq!(r[0].problems, Vec::<String>::new());
-        assert_eq!(r[0].summary, ["IPv4 11", "IPv6 256"]);
+        // The /120's first address is its subnet-router anycast address, never handed out.
+        assert_eq!(r[0].summary, ["IPv4 11", "IPv6 255"]);
+        let r = run(
+            "apiVersion: ferrolb.io/v1alpha1\nkind: IPPool\nmetadata: {name: lo}\nspec:\n  addresses: [127.0.0.0/30, 198.51.100.0/30]\n",
+        );
+        assert!(
+            r[0].problems[0].contains("never handed out: 127.0.0.0-127.255.255.255 (loopback)"),
+            "{:?}",
+            r[0].problems
+        );
     }
 
     #[test]

@@ -6,6 +6,8 @@ mod bgp;
 
 use std::collections::BTreeMap;
 
+use ferrolb_controller::allocator::reserved::{special, subnet_router_anycast, subtract};
+use ferrolb_crds::addresses::parse_entry;
 use ferrolb_crds::selector;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::{Value, json};
@@ -107,8 +109,22 @@ pub fn migrate(docs: &[Value], namespace: &str) -> Migration {
         if let Some(s) = service_selector {
             allocation.insert("serviceSelector".into(), json!(s));
         }
+        let addresses = strings(&spec["addresses"]);
+        for entry in &addresses {
+            if let Some(ip) = subnet_router_anycast(entry) {
+                notes.push(format!(
+                    "IPAddressPool {name}: ferrolb never hands out {ip}, the subnet-router anycast address of {entry}; MetalLB does"
+                ));
+            }
+            if let Ok(range) = parse_entry(entry)
+                && let (_, cut) = subtract(&[range], &special())
+                && !cut.is_empty()
+            {
+                notes.push(format!("IPAddressPool {name}: ferrolb never hands out {} of {entry}", cut.join(", ")));
+            }
+        }
         let mut out = json!({
-            "addresses": strings(&spec["addresses"]),
+            "addresses": addresses,
             "autoAssign": spec["autoAssign"].as_bool().unwrap_or(true),
             "avoidBuggyIPs": spec["avoidBuggyIPs"].as_bool().unwrap_or(false),
         });
@@ -192,6 +208,9 @@ mod tests {
         assert_eq!(spec(&m, "first-pool")["l2"], json!({"enabled": true}));
         assert_eq!(spec(&m, "second-pool")["l2"], json!({"enabled": false}));
         assert!(m.notes.iter().any(|n| n.contains("IPAddressPool second-pool: no L2Advertisement")), "{:?}", m.notes);
+        // MetalLB hands out an IPv6 subnet's first address; ferrolb says it does not.
+        assert!(noted(&m, "ferrolb never hands out fc00:f853:ccd:e799::, the subnet-router anycast"), "{:?}", m.notes);
+        assert_eq!(m.notes.len(), 2, "{:?}", m.notes);
     }
 
     #[test]

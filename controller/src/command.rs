@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::allocator::reserved::Hole;
 use crate::leader::{self, LeaderConfig};
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context, service::Handling};
@@ -38,6 +39,11 @@ struct Args {
     /// How often the Lease is acquired or renewed (milliseconds).
     #[arg(long, default_value_t = 2000)]
     leader_retry_ms: u64,
+    /// The cluster's own ranges, never handed out whatever a pool says: its Service CIDRs
+    /// (kube-apiserver's --service-cluster-ip-range), comma-separated. ClusterIPs and Node
+    /// addresses in use are never handed out anyway.
+    #[arg(long, value_delimiter = ',', value_parser = parse_hole)]
+    reserved_cidrs: Vec<Hole>,
     /// How many Service writes run at once.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
@@ -53,6 +59,11 @@ struct Args {
     /// Log filter (tracing EnvFilter syntax), overridden by RUST_LOG.
     #[arg(long, default_value = "info")]
     log_level: String,
+}
+
+fn parse_hole(entry: &str) -> Result<Hole, String> {
+    Hole::parse(entry, "reserved by --reserved-cidrs")
+        .ok_or_else(|| format!("{entry:?} is not a CIDR, address or range"))
 }
 
 /// Runs the controller with the process's arguments until SIGTERM.
@@ -102,6 +113,7 @@ async fn run(args: Args) -> Result<(), telemetry::Error> {
         metrics: metrics.clone(),
         concurrency: args.concurrency,
         field_manager: identity,
+        reserved_cidrs: args.reserved_cidrs,
     };
     let shutdown = telemetry::shutdown_signal();
     tokio::pin!(shutdown);

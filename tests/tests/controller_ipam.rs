@@ -280,9 +280,10 @@ async fn dual_stack_policies_and_the_missing_family_added_later() {
     wait_event(&client, "default", "six", "AllocationFailed", "no free IPv6 address").await;
     // The pool gains IPv6: the waiting ones get theirs, PreferDualStack gets its second family.
     pool(&client, "p", json!({"addresses": ["198.51.100.0/30", "2001:db8::/125"]})).await;
-    wait_ips(&client, "default", "prefer", &["198.51.100.1", "2001:db8::"]).await;
-    wait_ips(&client, "default", "require", &["198.51.100.2", "2001:db8::1"]).await;
-    wait_ips(&client, "default", "six", &["2001:db8::2"]).await;
+    // 2001:db8:: is the subnet-router anycast address of the /125: never handed out.
+    wait_ips(&client, "default", "prefer", &["198.51.100.1", "2001:db8::1"]).await;
+    wait_ips(&client, "default", "require", &["198.51.100.2", "2001:db8::2"]).await;
+    wait_ips(&client, "default", "six", &["2001:db8::3"]).await;
     wait_ips(&client, "default", "single", &["198.51.100.0"]).await;
 }
 
@@ -415,7 +416,7 @@ async fn bad_input_is_reported_and_changes_nothing_else() {
         json!({"metadata": {"annotations": {"ferrolb.io/pool": "huge"}}, "spec": {"ipFamilies": ["IPv6"]}}),
     )
     .await;
-    wait_ips(&client, "default", "v6", &["2001:db8::"]).await;
+    wait_ips(&client, "default", "v6", &["2001:db8::1"]).await;
     wait_condition(&client, "empty", "Invalid", "True", "no usable addresses").await;
     let max = ferrolb_crds::addresses::MAX_COUNT;
     wait_counts(&client, "huge", true, (max, 1, max)).await;
@@ -585,5 +586,45 @@ async fn failed_writes_are_retried_and_nothing_is_lost_or_given_twice() {
         assert!(codes.first().is_some_and(|c| *c >= 429), "{name}'s first status write was to fail: {codes:?}");
         assert_eq!(codes.last(), Some(&200), "{name}: {codes:?}");
     }
+    assert_no_duplicates(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn special_addresses_clusterips_node_addresses_and_reserved_cidrs_are_never_handed_out() {
+    let (_server, client, kubeconfig) = ferrolb_cluster().await;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let node = |address: &str| {
+        serde_json::from_value::<k8s_openapi::api::core::v1::Node>(json!({"metadata": {"name": "n1"},
+            "status": {"addresses": [{"type": "InternalIP", "address": address}, {"type": "Hostname", "address": "n1"}]}}))
+        .unwrap()
+    };
+    nodes.create(&PostParams::default(), &node("198.51.100.0")).await.unwrap();
+    // 10.96.0.1 is the kubernetes Service's ClusterIP; 10.97.0.0/31 lies in --reserved-cidrs.
+    let entries = ["127.0.0.0/30", "10.96.0.1", "10.97.0.0/31", "198.51.100.0/30"];
+    pool(&client, "p", json!({"addresses": entries})).await;
+    let _c = spawn_controller(&kubeconfig, "c1", free_addr(), &["--reserved-cidrs", "10.97.0.0/16,fd00:97::/64"]);
+    wait_condition(&client, "p", "Invalid", "True", "127.0.0.0-127.255.255.255 (loopback)").await;
+    wait_condition(&client, "p", "Invalid", "True", "10.97.0.0-10.97.255.255 (reserved by --reserved-cidrs)").await;
+    // Lowest first, yet neither the ClusterIP nor the Node's address.
+    for (name, want) in [("s1", "198.51.100.1"), ("s2", "198.51.100.2"), ("s3", "198.51.100.3")] {
+        service(&client, "default", name, json!({})).await;
+        wait_ips(&client, "default", name, &[want]).await;
+    }
+    // What the cluster holds counts as used.
+    wait_counts(&client, "p", false, (5, 5, 0)).await;
+    service(&client, "default", "s4", json!({})).await;
+    wait_event(&client, "default", "s4", "AllocationFailed", "no free IPv4 address").await;
+    service(&client, "default", "lo", json!({"spec": {"loadBalancerIP": "127.0.0.1"}})).await;
+    wait_event(&client, "default", "lo", "AllocationFailed", "127.0.0.1 is never handed out: it is loopback").await;
+    service(&client, "default", "api", json!({"metadata": {"annotations": {"ferrolb.io/ips": "10.96.0.1"}}})).await;
+    wait_event(&client, "default", "api", "AllocationFailed", "it is the ClusterIP of Service default/kubernetes")
+        .await;
+    // The Node takes s2's address: s2 moves to the one the Node gave up.
+    let moved = json!({"status": {"addresses": [{"type": "InternalIP", "address": "198.51.100.2"}]}});
+    nodes.patch_status("n1", &PatchParams::default(), &Patch::Merge(moved)).await.unwrap();
+    wait_ips(&client, "default", "s2", &["198.51.100.0"]).await;
+    // The Node goes away: its address serves the waiting Service.
+    nodes.delete("n1", &DeleteParams::default()).await.unwrap();
+    wait_ips(&client, "default", "s4", &["198.51.100.2"]).await;
     assert_no_duplicates(&client).await;
 }

@@ -175,6 +175,9 @@ impl Allocator {
         // Every requested address must come from one pool that may serve the Service.
         let mut chosen: Option<&str> = None;
         for ip in &req.ips {
+            if let Some(what) = self.reserved_for(ip) {
+                return Err(AllocError::Reserved { ip: *ip, what });
+            }
             let holding: Vec<&String> =
                 self.pools.iter().filter(|(_, p)| p.contains(ip) || p.is_buggy(ip)).map(|(n, _)| n).collect();
             if holding.is_empty() {

@@ -38,6 +38,14 @@ pub enum AllocError {
         /// The address.
         ip: IpAddr,
     },
+    /// A requested address is one no Service is given: special-purpose or the cluster's own.
+    #[error("{ip} is never handed out: it is {what}")]
+    Reserved {
+        /// The address.
+        ip: IpAddr,
+        /// What it is.
+        what: String,
+    },
     /// A requested address is in a pool other than the one named.
     #[error("{ip} is in IPPool {actual:?}, but the Service asks for IPPool {named:?}")]
     InOtherPool {
@@ -92,6 +100,7 @@ impl AllocError {
             AllocError::DualStackUnavailable(_) => "dual_stack_unavailable",
             AllocError::NotInPool { .. } | AllocError::InOtherPool { .. } => "address_not_in_pool",
             AllocError::Buggy { .. } => "buggy_address",
+            AllocError::Reserved { .. } => "reserved_address",
             AllocError::Taken { .. } => "address_taken",
             AllocError::WrongFamily { .. } | AllocError::BadRequest(_) => "bad_request",
         }

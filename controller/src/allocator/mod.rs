@@ -9,12 +9,15 @@
 //!   disjoint (protocol, port) pairs and compatible traffic policies.
 //! - What a Service holds is kept while it is still valid; a failed change never costs a Service
 //!   an address that is still valid in its pool.
+//! - Special-purpose addresses and what the cluster itself holds (ClusterIPs, Node addresses) are
+//!   never given (`reserved.rs`); a Service holding one that becomes the cluster's is moved.
 
 mod choose;
 mod error;
 mod intervals;
 mod pool;
 mod request;
+pub mod reserved;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -25,6 +28,7 @@ pub use self::error::AllocError;
 pub use self::intervals::IntervalSet;
 pub use self::pool::{Pool, PoolConfig, Selection};
 pub use self::request::{DualStack, Request, TrafficPolicy};
+pub use self::reserved::Reserver;
 pub use ferrolb_crds::{Protocol, ServiceKey};
 
 /// What a Service holds.
@@ -62,6 +66,10 @@ pub struct Allocator {
     holders: HashMap<ServiceKey, Holder>,
     /// Address → the Services holding it.
     users: HashMap<IpAddr, BTreeSet<ServiceKey>>,
+    /// Addresses the cluster itself holds → who holds them.
+    reserved: HashMap<IpAddr, BTreeSet<Reserver>>,
+    /// Who → the addresses reserved for it.
+    reserved_by: HashMap<Reserver, Vec<IpAddr>>,
 }
 
 impl Allocator {
@@ -72,7 +80,7 @@ impl Allocator {
 
     /// Adds or changes a pool; returns the Services holding addresses in it (to re-check).
     pub fn set_pool(&mut self, name: &str, config: PoolConfig) -> Vec<ServiceKey> {
-        let used: Vec<IpAddr> = self.users.keys().copied().collect();
+        let used: Vec<IpAddr> = self.users.keys().chain(self.reserved.keys()).copied().collect();
         let pool = Pool::new(config, &used);
         self.pools.insert(name.to_string(), pool);
         self.holders_of(name)
@@ -112,6 +120,52 @@ impl Allocator {
         self.holders.iter().map(|(k, h)| (k, &h.assignment))
     }
 
+    /// Sets the addresses `owner` (a ClusterIP, a Node) holds, replacing what it held; no Service
+    /// is given them. Returns the Services holding one of them, to be moved.
+    pub fn reserve(&mut self, owner: &Reserver, ips: &[IpAddr]) -> Vec<ServiceKey> {
+        let before = if ips.is_empty() {
+            self.reserved_by.remove(owner).unwrap_or_default()
+        } else {
+            self.reserved_by.insert(owner.clone(), ips.to_vec()).unwrap_or_default()
+        };
+        for ip in before.iter().filter(|ip| !ips.contains(ip)) {
+            let gone = self.reserved.get_mut(ip).is_some_and(|o| {
+                o.remove(owner);
+                o.is_empty()
+            });
+            if gone {
+                self.reserved.remove(ip);
+                if !self.users.contains_key(ip) {
+                    for p in self.pools.values_mut() {
+                        p.give_back(ip);
+                    }
+                }
+            }
+        }
+        let mut affected = BTreeSet::new();
+        for ip in ips {
+            self.reserved.entry(*ip).or_default().insert(owner.clone());
+            for p in self.pools.values_mut() {
+                p.take(ip);
+            }
+            affected.extend(self.users.get(ip).into_iter().flatten().cloned());
+        }
+        affected.into_iter().collect()
+    }
+
+    /// What `ip` is, when the cluster itself holds it or it is special-purpose.
+    pub fn reserved_for(&self, ip: &IpAddr) -> Option<String> {
+        match self.reserved.get(ip).and_then(|o| o.first()) {
+            Some(owner) => Some(owner.to_string()),
+            None => reserved::special_kind(ip),
+        }
+    }
+
+    /// Everything that holds addresses of its own.
+    pub fn reservers(&self) -> impl Iterator<Item = &Reserver> {
+        self.reserved_by.keys()
+    }
+
     /// Who holds `ip`.
     pub fn users_of(&self, ip: &IpAddr) -> Vec<ServiceKey> {
         self.users.get(ip).map(|u| u.iter().cloned().collect()).unwrap_or_default()
@@ -137,7 +191,7 @@ impl Allocator {
     fn still_valid(&self, a: &Assignment, req: &Request) -> bool {
         let Some(pool) = self.pools.get(&a.pool) else { return false };
         let unnamed = Request { pool: None, ..req.clone() };
-        a.ips.iter().all(|ip| pool.contains(ip))
+        a.ips.iter().all(|ip| pool.contains(ip) && !self.reserved.contains_key(ip))
             && self.selection_allows(&a.pool, pool, &unnamed).is_ok()
             && a.ips.iter().all(|ip| self.share_refusal(ip, req).is_none())
     }

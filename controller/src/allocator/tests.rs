@@ -541,3 +541,38 @@ fn a_rebuild_keeps_what_a_disabled_pool_still_holds() {
     ])
     .unwrap();
 }
+
+#[test]
+fn what_the_cluster_holds_is_never_given_and_holders_move_off_it() {
+    let mut a = Allocator::new();
+    let node = Reserver::Node("n1".into());
+    let cluster_ip = Reserver::ClusterIp("default/kubernetes".into());
+    assert!(a.reserve(&node, &[ip("198.51.100.0")]).is_empty());
+    a.set_pool("p", config(&["198.51.100.0/30"]));
+    assert!(a.reserve(&cluster_ip, &[ip("198.51.100.1")]).is_empty());
+    assert_eq!(ips_of(&a.assign(&req("n/1"), &[], None)), [ip("198.51.100.2")]);
+    assert_eq!(a.pool("p").unwrap().counts(Family::V4).unwrap().available, 1);
+    // Asked for by name: refused with what it is.
+    let asked = Request { ips: vec![ip("198.51.100.1")], ..req("n/2") };
+    let err = a.assign(&asked, &[], None).error.unwrap();
+    assert_eq!(err.to_string(), "198.51.100.1 is never handed out: it is the ClusterIP of Service default/kubernetes");
+    assert!(
+        a.assign(&Request { ips: vec![ip("127.0.0.1")], ..req("n/2") }, &[], None)
+            .error
+            .unwrap()
+            .to_string()
+            .contains("loopback")
+    );
+    // A Node that takes a held address: the holder is returned, and moves on its next decision.
+    assert_eq!(a.reserve(&node, &[ip("198.51.100.2")]), [ServiceKey::from("n/1")]);
+    assert_eq!(ips_of(&a.assign(&req("n/1"), &[], None)), [ip("198.51.100.0")]);
+    // A status showing a reserved address is not restored.
+    let mut b = Allocator::new();
+    b.set_pool("p", config(&["198.51.100.0/30"]));
+    b.reserve(&node, &[ip("198.51.100.3")]);
+    assert!(!b.restore(&req("n/9"), &[ip("198.51.100.3")], Some("p")));
+    // Released: free again.
+    assert!(a.reserve(&cluster_ip, &[]).is_empty());
+    assert_eq!(ips_of(&a.assign(&req("n/3"), &[], None)), [ip("198.51.100.1")]);
+    assert_eq!(a.reservers().count(), 1);
+}

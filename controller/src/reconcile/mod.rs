@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use ferrolb_crds::{IPPool, ServiceKey};
 use ferrolb_process::events::Recorder;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
 use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
@@ -28,7 +28,8 @@ use tokio::task::JoinSet;
 use self::queue::{Queue, WriteResult};
 use self::service::Handling;
 use self::watch::{Kind, Trigger};
-use crate::allocator::Allocator;
+use crate::allocator::reserved::Hole;
+use crate::allocator::{Allocator, Reserver};
 use crate::metrics::{ConditionLabels, Metrics, PoolLabel, PoolLabels, ReasonLabel};
 
 /// What the leader needs.
@@ -44,6 +45,8 @@ pub struct Context {
     pub concurrency: usize,
     /// The field manager our writes carry (this replica's identity).
     pub field_manager: String,
+    /// The cluster's own ranges (`--reserved-cidrs`).
+    pub reserved_cidrs: Vec<Hole>,
 }
 
 /// A finished write.
@@ -57,6 +60,7 @@ struct Stores {
     services: Store<Service>,
     pools: Store<IPPool>,
     namespaces: Store<Namespace>,
+    nodes: Store<Node>,
 }
 
 impl Stores {
@@ -98,14 +102,28 @@ pub async fn run(ctx: Context, ready: impl FnOnce()) {
     // Dropped with this function, which ends (or is aborted) when the term ends.
     let mut watches = JoinSet::new();
     let stores = Stores {
-        services: watch::spawn(&mut watches, Api::<Service>::all(client.clone()), Kind::Service, tx.clone()),
-        pools: watch::spawn(&mut watches, Api::<IPPool>::all(client.clone()), Kind::Pool, tx.clone()),
-        namespaces: watch::spawn(&mut watches, Api::<Namespace>::all(client.clone()), Kind::Namespace, tx),
+        services: watch::spawn(
+            &mut watches,
+            Api::<Service>::all(client.clone()),
+            Kind::Service,
+            tx.clone(),
+            watch::whole,
+        ),
+        pools: watch::spawn(&mut watches, Api::<IPPool>::all(client.clone()), Kind::Pool, tx.clone(), watch::whole),
+        namespaces: watch::spawn(
+            &mut watches,
+            Api::<Namespace>::all(client.clone()),
+            Kind::Namespace,
+            tx.clone(),
+            watch::whole,
+        ),
+        nodes: watch::spawn(&mut watches, Api::<Node>::all(client.clone()), Kind::Node, tx, watch::node_addresses),
     };
     for ready in [
         stores.services.wait_until_ready().await,
         stores.pools.wait_until_ready().await,
         stores.namespaces.wait_until_ready().await,
+        stores.nodes.wait_until_ready().await,
     ] {
         if ready.is_err() {
             tracing::error!("a watch ended before it synced");
@@ -153,8 +171,11 @@ pub async fn run(ctx: Context, ready: impl FnOnce()) {
 }
 
 impl Reconciler {
-    /// Pools first, then every Service that holds addresses (oldest first), then everything else.
+    /// What the cluster holds first (ClusterIPs, Node addresses), pools, then every Service that
+    /// holds addresses (oldest first), then everything else.
     fn rebuild(&mut self) {
+        self.reserve_all(Kind::Service);
+        self.reserve_all(Kind::Node);
         for pool in self.stores.pools.state() {
             self.sync_pool(&pool.name_any());
         }
@@ -184,7 +205,7 @@ impl Reconciler {
         self.pools_dirty = true;
         match self.stores.pools.get(&ObjectRef::new(name)) {
             Some(pool) => {
-                let (config, errors) = read::pool_config(&pool);
+                let (config, errors) = read::pool_config(&pool, &self.ctx.reserved_cidrs);
                 if !errors.is_empty() {
                     tracing::warn!(pool = name, errors = ?errors, "IPPool has invalid entries");
                 }
@@ -200,9 +221,43 @@ impl Reconciler {
         }
     }
 
+    /// Brings what `owner` holds in the allocator in line with the stores; the Services moved off
+    /// those addresses are queued.
+    fn reserve(&mut self, owner: Reserver) {
+        let ips = match &owner {
+            Reserver::ClusterIp(key) => self.stores.service(key).map(|s| read::cluster_ips(&s)),
+            Reserver::Node(name) => self.stores.nodes.get(&ObjectRef::new(name)).map(|n| read::node_ips(&n)),
+        };
+        for key in self.alloc.reserve(&owner, &ips.unwrap_or_default()) {
+            self.queue.add(&key);
+        }
+    }
+
+    /// [`Self::reserve`] for everything of a kind, the ones the store no longer has included.
+    fn reserve_all(&mut self, kind: Kind) {
+        let mut owners: BTreeSet<Reserver> = match kind {
+            Kind::Service => {
+                self.stores.services.state().iter().map(|s| Reserver::ClusterIp(ServiceKey::of(s))).collect()
+            }
+            Kind::Node => self.stores.nodes.state().iter().map(|n| Reserver::Node(n.name_any())).collect(),
+            Kind::Pool | Kind::Namespace => return,
+        };
+        let same_kind = |r: &&Reserver| {
+            matches!((r, kind), (Reserver::ClusterIp(_), Kind::Service) | (Reserver::Node(_), Kind::Node))
+        };
+        owners.extend(self.alloc.reservers().filter(same_kind).cloned());
+        for owner in owners {
+            self.reserve(owner);
+        }
+    }
+
     fn handle(&mut self, t: Trigger) {
         match t {
-            Trigger::Service(key) => self.queue.add(&key),
+            Trigger::Service(key) => {
+                self.reserve(Reserver::ClusterIp(key.clone()));
+                self.queue.add(&key);
+            }
+            Trigger::Node(name) => self.reserve(Reserver::Node(name)),
             Trigger::Pool(name) => {
                 let mut affected = self.sync_pool(&name);
                 affected.extend(self.waiting.iter().cloned());
@@ -224,7 +279,9 @@ impl Reconciler {
     /// has is handled as that object's deletion, and everything listed is looked at again (the
     /// list may carry changes no event announced).
     fn relisted(&mut self, kind: Kind) {
+        self.reserve_all(kind);
         match kind {
+            Kind::Node => {}
             Kind::Service => {
                 let mut keys: BTreeSet<ServiceKey> =
                     self.stores.services.state().iter().map(|s| ServiceKey::of(s)).collect();

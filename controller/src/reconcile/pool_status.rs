@@ -109,23 +109,23 @@ mod tests {
 
     #[test]
     fn bad_entries_are_reported_and_good_ones_kept() {
-        let (config, errors) = pool_config(&pool("p", &["198.51.100.9-198.51.100.1", "203.0.113.0/30"]));
+        let (config, errors) = pool_config(&pool("p", &["198.51.100.9-198.51.100.1", "203.0.113.0/30"]), &[]);
         assert_eq!(config.ranges.len(), 1);
         assert!(errors[0].contains("starts after it ends"), "{errors:?}");
-        let (_, errors) = pool_config(&pool("q", &["198.51.100.9-198.51.100.1"]));
+        let (_, errors) = pool_config(&pool("q", &["198.51.100.9-198.51.100.1"]), &[]);
         assert!(errors.iter().any(|e| e.contains("no usable addresses")));
     }
 
     #[test]
     fn status_has_counts_and_conditions() {
         let p = pool("p", &["198.51.100.0/30", "2001:db8::/126"]);
-        let (config, errors) = pool_config(&p);
+        let (config, errors) = pool_config(&p, &[]);
         let mut a = Allocator::new();
         a.set_pool("p", config);
         let overlaps = BTreeMap::from([("p".to_string(), vec!["q".to_string()])]);
         let s = desired_status(&p, &a, &errors, &overlaps);
         assert_eq!(s.ipv4.unwrap().total, 4);
-        assert_eq!(s.ipv6.unwrap().available, 4);
+        assert_eq!(s.ipv6.unwrap().available, 3, "the /126 without its subnet-router anycast address");
         let by_type: BTreeMap<&str, &Condition> = s.conditions.iter().map(|c| (c.type_.as_str(), c)).collect();
         assert_eq!(by_type["Ready"].status, "True");
         assert_eq!(by_type["Invalid"].status, "False");

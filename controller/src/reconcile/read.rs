@@ -5,11 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use ferrolb_crds::addresses::parse_entry;
+use ferrolb_crds::addresses::{AddressRange, parse_entry};
 use ferrolb_crds::annotations::{ALLOCATED_FROM, IPS, POOL, SHARING_KEY};
 use ferrolb_crds::{Family, IPPool, Protocol, ServiceKey, selector};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 
+use crate::allocator::reserved::{self, Hole, subnet_router_anycast};
 use crate::allocator::{DualStack, PoolConfig, Request, Selection, TrafficPolicy};
 
 /// Whether the controller handles a Service: type LoadBalancer and a matching class.
@@ -113,6 +114,20 @@ pub fn parse(svc: &Service, namespace_labels: &BTreeMap<String, String>) -> Resu
     })
 }
 
+/// A Service's ClusterIPs (none for a headless one).
+pub fn cluster_ips(svc: &Service) -> Vec<IpAddr> {
+    let spec = svc.spec.as_ref();
+    let ips = spec.and_then(|s| s.cluster_ips.clone()).unwrap_or_default();
+    let ips = if ips.is_empty() { spec.and_then(|s| s.cluster_ip.clone()).into_iter().collect() } else { ips };
+    ips.iter().filter_map(|ip| ip.parse().ok()).collect()
+}
+
+/// A Node's addresses (InternalIP, ExternalIP, whatever parses as an address).
+pub fn node_ips(node: &Node) -> Vec<IpAddr> {
+    let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+    addresses.into_iter().flatten().filter_map(|a| a.address.parse().ok()).collect()
+}
+
 /// The pool the Service's `ferrolb.io/allocated-from` annotation names.
 pub fn allocated_from(svc: &Service) -> Option<&str> {
     svc.metadata.annotations.as_ref()?.get(ALLOCATED_FROM).map(String::as_str)
@@ -138,8 +153,10 @@ pub fn request_or_plain(svc: &Service, ns_labels: &BTreeMap<String, String>) -> 
     }
 }
 
-/// A pool's settings and what is wrong with its spec (entries that did not parse, bad selectors).
-pub fn pool_config(pool: &IPPool) -> (PoolConfig, Vec<String>) {
+/// A pool's settings and what is wrong with its spec (entries that did not parse, special-purpose
+/// addresses or the cluster's own ranges (`cluster`) in it, bad selectors). The ranges it returns
+/// are only what may be handed out.
+pub fn pool_config(pool: &IPPool, cluster: &[Hole]) -> (PoolConfig, Vec<String>) {
     let spec = &pool.spec;
     let mut errors = Vec::new();
     let ranges = spec
@@ -147,6 +164,20 @@ pub fn pool_config(pool: &IPPool) -> (PoolConfig, Vec<String>) {
         .iter()
         .filter_map(|e| parse_entry(e).map_err(|err| errors.push(err.to_string())).ok())
         .collect::<Vec<_>>();
+    // Each IPv6 subnet's anycast address goes without a word: a /64 pool is an ordinary thing.
+    let anycast: Vec<Hole> = spec
+        .addresses
+        .iter()
+        .filter_map(|e| subnet_router_anycast(e))
+        .filter_map(|ip| Some(Hole { range: AddressRange::new(ip, ip)?, what: "subnet-router anycast".into() }))
+        .collect();
+    let (ranges, _) = reserved::subtract(&ranges, &anycast);
+    let mut holes = reserved::special();
+    holes.extend(cluster.iter().cloned());
+    let (ranges, cut) = reserved::subtract(&ranges, &holes);
+    if !cut.is_empty() {
+        errors.push(format!("never handed out: {}", cut.join(", ")));
+    }
     let sa = spec.service_allocation.clone();
     let given = sa.clone().unwrap_or_default();
     for (what, sel) in [("namespaceSelector", &given.namespace_selector), ("serviceSelector", &given.service_selector)]
@@ -216,6 +247,44 @@ mod tests {
         assert_eq!(r.sharing_key.as_deref(), Some("k"));
         assert!(r.ports.contains(&(Protocol::Udp, 53)));
         assert!(matches!(r.policy, TrafficPolicy::Local(_)));
+    }
+
+    #[test]
+    fn pools_never_offer_special_or_cluster_addresses() {
+        let pool = |addresses: serde_json::Value| {
+            IPPool::new("p", serde_json::from_value(json!({"addresses": addresses})).unwrap())
+        };
+        let (config, errors) = pool_config(&pool(json!(["0.0.0.0/0", "::/0"])), &[]);
+        let first = |f: Family| config.ranges.iter().find(|r| r.family() == f).unwrap().start();
+        assert_eq!(first(Family::V4), "1.0.0.0".parse::<IpAddr>().unwrap());
+        assert_eq!(first(Family::V6), "::2".parse::<IpAddr>().unwrap(), "neither :: (anycast, unspecified) nor ::1");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("never handed out: 0.0.0.0-0.255.255.255 (unspecified"), "{errors:?}");
+        // An ordinary IPv6 subnet loses only its anycast address, without a word.
+        let (config, errors) = pool_config(&pool(json!(["2001:db8::/126"])), &[]);
+        assert_eq!(config.ranges[0].to_string(), "2001:db8::1-2001:db8::3");
+        assert!(errors.is_empty());
+        // The cluster's Service CIDR.
+        let service_cidr = Hole::parse("10.96.0.0/12", "reserved by --reserved-cidrs").unwrap();
+        let (config, errors) = pool_config(&pool(json!(["10.96.0.0/30", "10.255.0.1"])), &[service_cidr]);
+        assert_eq!(config.ranges.len(), 1);
+        assert!(errors[0].contains("10.96.0.0-10.111.255.255 (reserved by --reserved-cidrs)"), "{errors:?}");
+        let (_, errors) = pool_config(&pool(json!(["127.0.0.1"])), &[]);
+        assert!(errors.iter().any(|e| e.contains("no usable addresses")), "{errors:?}");
+    }
+
+    #[test]
+    fn cluster_and_node_addresses() {
+        let s = svc(
+            json!({"metadata": {"name": "a"}, "spec": {"clusterIP": "10.96.0.5", "clusterIPs": ["10.96.0.5", "fd00::5"]}}),
+        );
+        assert_eq!(cluster_ips(&s).len(), 2);
+        let headless = svc(json!({"metadata": {"name": "a"}, "spec": {"clusterIP": "None"}}));
+        assert!(cluster_ips(&headless).is_empty());
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": "n"}, "status": {"addresses": [
+            {"type": "InternalIP", "address": "198.51.100.7"}, {"type": "Hostname", "address": "n"}]}}))
+        .unwrap();
+        assert_eq!(node_ips(&node), ["198.51.100.7".parse::<IpAddr>().unwrap()]);
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! loop compares what it holds with the store.
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, NodeStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
@@ -25,6 +27,8 @@ pub enum Kind {
     Pool,
     /// Namespaces (their labels select pools).
     Namespace,
+    /// Nodes (their addresses are never handed out).
+    Node,
 }
 
 /// Something changed.
@@ -36,6 +40,8 @@ pub enum Trigger {
     Pool(String),
     /// A Namespace was added, changed or deleted.
     Namespace(String),
+    /// A Node was added, changed or deleted.
+    Node(String),
     /// A (re-)list of the kind replaced its store: compare everything with it.
     Listed(Kind),
 }
@@ -46,17 +52,26 @@ fn trigger_of<K: Resource>(kind: Kind, o: &K) -> Trigger {
         Kind::Service => Trigger::Service(ServiceKey::new(o.meta().namespace.as_deref().unwrap_or_default(), &name)),
         Kind::Pool => Trigger::Pool(name),
         Kind::Namespace => Trigger::Namespace(name),
+        Kind::Node => Trigger::Node(name),
     }
 }
 
 /// Starts a reflector for `api` in `tasks` and returns its store; every change becomes a trigger.
-pub fn spawn<K>(tasks: &mut JoinSet<()>, api: Api<K>, kind: Kind, tx: mpsc::UnboundedSender<Trigger>) -> Store<K>
+/// `slim` drops what the loop never reads before it is stored.
+pub fn spawn<K>(
+    tasks: &mut JoinSet<()>,
+    api: Api<K>,
+    kind: Kind,
+    tx: mpsc::UnboundedSender<Trigger>,
+    slim: fn(&mut K),
+) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
     // What we never read is not kept: managed fields and kubectl's copy of the whole object.
-    let slim = watcher(api, watcher::Config::default()).default_backoff().modify(|o: &mut K| {
+    let slim = watcher(api, watcher::Config::default()).default_backoff().modify(move |o: &mut K| {
+        slim(o);
         let meta = o.meta_mut();
         meta.managed_fields = None;
         if let Some(a) = meta.annotations.as_mut() {
@@ -83,4 +98,17 @@ where
         }
     });
     reader
+}
+
+/// Keeps everything.
+pub fn whole<K>(_: &mut K) {}
+
+/// Keeps a Node's name and addresses only (its image list alone can be tens of kilobytes).
+pub fn node_addresses(node: &mut Node) {
+    let addresses = node.status.take().and_then(|s| s.addresses);
+    *node = Node {
+        metadata: ObjectMeta { name: node.metadata.name.take(), ..ObjectMeta::default() },
+        status: Some(NodeStatus { addresses, ..NodeStatus::default() }),
+        ..Node::default()
+    };
 }
