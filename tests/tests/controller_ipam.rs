@@ -321,18 +321,27 @@ async fn delete_type_change_and_class_change_release_to_a_waiting_service() {
     )
     .await
     .unwrap();
-    // Services of a foreign class are never written to.
-    service(&client, "default", "foreign", json!({"spec": {"loadBalancerClass": "other.io/lb"}})).await;
+    // Services of a foreign class are never written to, not even one that carries our annotation
+    // (copied from a manifest) and an address another implementation gave it.
+    let foreign = json!({"metadata": {"annotations": {"ferrolb.io/allocated-from": "one"}},
+        "spec": {"loadBalancerClass": "other.io/lb"}});
+    service(&client, "default", "foreign", foreign).await;
+    let theirs = json!({"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.7"}]}}});
+    api.patch_status("foreign", &PatchParams::default(), &Patch::Merge(theirs)).await.unwrap();
     let before = server.shared().requests().len();
     api.delete("s4", &DeleteParams::default()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await; // give a misbehaving controller the chance to write
-    for name in ["foreign", "s3"] {
-        assert!(ips(&client, "default", name).await.is_empty(), "{name} got an address");
-    }
+    assert!(ips(&client, "default", "s3").await.is_empty(), "s3 got an address");
+    assert_eq!(ips(&client, "default", "foreign").await, ["192.0.2.7"], "the foreign Service's status was changed");
     let touched = server.shared().requests()[before..].iter().any(|r| {
         r.method != "GET" && (r.path.ends_with("/services/foreign") || r.path.ends_with("/services/foreign/status"))
     });
-    assert!(!touched, "the foreign-class Service was written to");
+    let writes: Vec<String> = server.shared().requests()[before..]
+        .iter()
+        .filter(|r| r.method != "GET" && r.path.contains("/services/foreign"))
+        .map(|r| format!("{} {} {:?}", r.method, r.path, r.user_agent))
+        .collect();
+    assert!(!touched, "the foreign-class Service was written to: {writes:?}");
     assert!(events(&client, "default", "foreign").await.is_empty());
 }
 

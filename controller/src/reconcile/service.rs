@@ -90,8 +90,11 @@ pub fn update(
     if !read::is_handled(svc, &h.lb_class, h.class_only) {
         let released = alloc.release(key);
         d.freed = !released.is_empty();
-        // Only what we wrote is taken back; other Services are never written to.
-        if d.freed || annotation(svc).is_some() {
+        // Another implementation's load balancer is never written to, whatever annotations it
+        // carries (a copied manifest may carry ours). What stopped being a load balancer is
+        // cleaned up when we had given it something.
+        let theirs = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
+        if !theirs && (d.freed || annotation(svc).is_some()) {
             if !current.is_empty() {
                 d.status = Some(Vec::new());
                 d.notes.push(released_note(&current));
@@ -219,6 +222,10 @@ mod tests {
             json!({"spec": {"loadBalancerClass": "other.io/lb"}, "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}}),
         );
         assert_eq!(update(&mut a, "default/web", Some(&foreign), &BTreeMap::new(), &h), Update::default());
+        let annotated = svc(json!({"spec": {"loadBalancerClass": "other.io/lb"},
+            "metadata": {"annotations": {"ferrolb.io/allocated-from": "home"}},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}}));
+        assert_eq!(update(&mut a, "default/web", Some(&annotated), &BTreeMap::new(), &h), Update::default());
         update(&mut a, "default/web", Some(&svc(json!({}))), &BTreeMap::new(), &h);
         let now_cluster_ip = svc(
             json!({"spec": {"type": "ClusterIP"}, "metadata": {"annotations": {"ferrolb.io/allocated-from": "home"}},
