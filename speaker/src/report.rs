@@ -72,6 +72,10 @@ pub struct Reporter {
     writes: JoinSet<()>,
     /// Events waiting for a write slot.
     pending: VecDeque<(ServiceKey, Notice)>,
+    /// Source-range entries that do not parse, per Service of the view.
+    refused_ranges: BTreeMap<ServiceKey, Vec<String>>,
+    /// What was last reported of them, per Service.
+    reported_ranges: BTreeMap<ServiceKey, Vec<String>>,
 }
 
 impl Reporter {
@@ -86,6 +90,8 @@ impl Reporter {
             attempts: BTreeMap::new(),
             writes: JoinSet::new(),
             pending: VecDeque::new(),
+            refused_ranges: BTreeMap::new(),
+            reported_ranges: BTreeMap::new(),
         }
     }
 
@@ -94,6 +100,13 @@ impl Reporter {
         self.by_ip =
             view.by_address().into_iter().map(|(ip, s)| (ip, s.iter().map(|s| s.key.clone()).collect())).collect();
         self.attempts.retain(|k, _| view.services.contains_key(k));
+        self.refused_ranges = view
+            .services
+            .iter()
+            .filter(|(_, s)| !s.source_ranges.refused.is_empty())
+            .map(|(k, s)| (k.clone(), s.source_ranges.refused.clone()))
+            .collect();
+        self.reported_ranges.retain(|k, _| view.services.contains_key(k));
     }
 
     fn cached(&self, key: &ServiceKey) -> Option<std::sync::Arc<Service>> {
@@ -108,6 +121,10 @@ impl Reporter {
                 self.pending.push_back((key, n.clone()));
             }
         }
+        self.write_events();
+    }
+
+    fn write_events(&mut self) {
         if self.pending.len() > MAX_PENDING_EVENTS {
             let dropped = self.pending.len() - MAX_PENDING_EVENTS;
             self.pending.drain(..dropped);
@@ -130,6 +147,7 @@ impl Reporter {
     /// this node as it should.
     pub fn ensure_conditions(&mut self, announced: &BTreeMap<IpAddr, String>, now: Instant) {
         while self.writes.try_join_next().is_some() {}
+        self.report_refused_ranges(announced);
         for (ip, at) in announced {
             let message = announced_message(ip, &self.node, at);
             for key in self.by_ip.get(ip).into_iter().flatten() {
@@ -156,6 +174,39 @@ impl Reporter {
                 });
             }
         }
+    }
+}
+
+impl Reporter {
+    /// A Warning, from the node that announces the Service, when its source ranges have entries
+    /// that do not parse (their clients are refused); once per list of such entries.
+    fn report_refused_ranges(&mut self, announced: &BTreeMap<IpAddr, String>) {
+        let mut due = Vec::new();
+        for key in announced.keys().flat_map(|ip| self.by_ip.get(ip).into_iter().flatten()) {
+            if let Some(refused) = self.refused_ranges.get(key)
+                && self.reported_ranges.get(key) != Some(refused)
+            {
+                self.reported_ranges.insert(key.clone(), refused.clone());
+                due.push((key.clone(), refused_ranges_notice(refused)));
+            }
+        }
+        if !due.is_empty() {
+            self.pending.extend(due);
+            self.write_events();
+        }
+    }
+}
+
+/// The Warning for source-range entries that do not parse.
+pub fn refused_ranges_notice(refused: &[String]) -> Notice {
+    let list = refused.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join(", ");
+    Notice {
+        ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        warning: true,
+        reason: "InvalidSourceRanges",
+        message: format!(
+            "loadBalancerSourceRanges entries that are not CIDRs: {list}; nobody is admitted through them (the others still are)"
+        ),
     }
 }
 
@@ -242,7 +293,7 @@ mod tests {
                     local: false,
                     ports: Vec::new(),
                     ready_nodes: Default::default(),
-                    source_ranges: Vec::new(),
+                    source_ranges: Default::default(),
                     affinity: None,
                     replicate: false,
                 },
@@ -261,5 +312,33 @@ mod tests {
         );
         assert_eq!(r.writes.len(), MAX_WRITES, "Events wait for a slot too");
         assert_eq!(r.pending.len(), 100);
+    }
+
+    #[tokio::test]
+    async fn refused_source_ranges_are_reported_once_by_the_announcing_node() {
+        use kube::runtime::{reflector, watcher};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap()).parse().unwrap();
+        let client = Client::try_from(kube::Config::new(url)).unwrap();
+        let (store, mut writer) = reflector::store::<Service>();
+        let mut view = View::default();
+        for (name, ip) in [("bad", "198.51.100.1"), ("elsewhere", "198.51.100.2")] {
+            let svc: Service =
+                serde_json::from_value(serde_json::json!({"metadata": {"name": name, "namespace": "d"}})).unwrap();
+            writer.apply_watcher_event(&watcher::Event::Apply(svc));
+            let (key, mut v) = crate::state::ServiceView::example(&format!("d/{name}"), &[ip], "p", false, &[]);
+            v.source_ranges.refused = vec!["office".into()];
+            view.services.insert(key, v);
+        }
+        let mut r = Reporter::new(client, "n1", store);
+        r.set_view(&view);
+        let announced = BTreeMap::from([("198.51.100.1".parse().unwrap(), "on eth0".to_string())]);
+        r.ensure_conditions(&announced, Instant::now());
+        assert_eq!(r.reported_ranges.keys().map(ServiceKey::as_str).collect::<Vec<_>>(), ["d/bad"]);
+        assert_eq!(r.writes.len(), 2, "the Warning and the condition");
+        r.ensure_conditions(&announced, Instant::now());
+        assert_eq!(r.writes.len(), 2, "reported once");
+        let notice = refused_ranges_notice(&["office".into()]);
+        assert!(notice.warning && notice.message.contains("\"office\"; nobody is admitted"), "{}", notice.message);
     }
 }

@@ -34,7 +34,7 @@ fn services(n: usize, bump: Option<usize>) -> Vec<ForwardedService> {
                     ],
                 }],
                 local: false,
-                source_ranges: vec![],
+                source_ranges: None,
                 affinity: None,
                 replicate: false,
             }

@@ -13,7 +13,7 @@ use ferrolb_tests::lab::probe::{self, tcp_once};
 use ferrolb_tests::lab::{Lab, netns, sctp};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn udp_once(ns: &str, addr: SocketAddr) -> Option<String> {
     netns::in_ns(ns, || {
@@ -311,6 +311,28 @@ async fn node_ports_ipv6_refusal_source_ranges_deletion_and_repair() {
         reach(SocketAddr::new(v4, 80)).await
     })
     .await;
+    // Read as Kubernetes reads them: leading zeros are decimal ("192.000.002.000/24" is
+    // 192.0.2.0/24, without the client), and the legacy annotation counts when the field is empty.
+    let ranges = |spec: Value, annotation: Value| {
+        json!({"metadata": {"annotations": {"service.beta.kubernetes.io/load-balancer-source-ranges": annotation}},
+            "spec": {"loadBalancerSourceRanges": spec}})
+    };
+    for (step, patch, admitted) in [
+        ("leading zeros", ranges(json!(["192.000.002.000/24"]), Value::Null), false),
+        (
+            "leading zeros with the client",
+            ranges(json!(["198.051.100.000/24", "2001:db8:100::/64"]), Value::Null),
+            true,
+        ),
+        ("the legacy annotation", ranges(Value::Null, json!("192.0.2.0/24")), false),
+        ("no range at all", ranges(Value::Null, Value::Null), true),
+    ] {
+        api.patch("echo", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+        common::eventually(&format!("{step}: the client admitted = {admitted}"), Duration::from_secs(20), || async {
+            (reach(SocketAddr::new(v4, 80)).await.is_some() == admitted).then_some(())
+        })
+        .await;
+    }
 
     // A chain flushed by hand is put back.
     let announcer = lab.topology.nodes.iter().map(|n| n.namespace.clone()).find(|n| {

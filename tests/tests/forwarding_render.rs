@@ -30,7 +30,7 @@ fn sample(endpoints: usize, shift: usize) -> Vec<ForwardedService> {
                     Port { proto: Protocol::Udp, port: 53, node_port: None, endpoints: vec![] },
                 ],
                 local: i == 1,
-                source_ranges: if i == 2 { vec!["198.51.100.0/24".parse().unwrap()] } else { vec![] },
+                source_ranges: (i == 2).then(|| vec!["198.51.100.0/24".parse().unwrap()]),
                 affinity: (i == 0).then_some(60 + shift as u32),
                 // A replicated Service: source NAT to the VIP, checked by the kernel too.
                 replicate: i == 3,

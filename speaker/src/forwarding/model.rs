@@ -30,7 +30,7 @@ pub fn forwarded(view: &View, me: &str, replicating: bool) -> Vec<ForwardedServi
                 })
                 .collect(),
             local: s.local,
-            source_ranges: s.source_ranges.clone(),
+            source_ranges: s.source_ranges.allowed.clone(),
             affinity: s.affinity,
             replicate: replicating && s.replicate,
         })

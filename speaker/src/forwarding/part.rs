@@ -42,7 +42,7 @@ impl Part {
         // Kubernetes names are DNS labels, so the Service key is a valid part of an nft identifier.
         let chain = format!("svc/{}/{l4}/{}/{family}", svc.key, p.port);
         let eps: Vec<&(IpAddr, u16)> = p.endpoints.iter().filter(|(ip, _)| ip.is_ipv6() == v6).collect();
-        let guarded = !svc.source_ranges.is_empty();
+        let guarded = svc.source_ranges.is_some();
         let mut insert = |set: &'static str, key: String, value: String| {
             // The API refuses a Service that lists a port twice; if one slipped through, its
             // first listing wins.
@@ -115,6 +115,7 @@ impl Part {
             let mut lb: Vec<String> = svc
                 .source_ranges
                 .iter()
+                .flatten()
                 .filter(|r| r.is_ipv6() == v6)
                 .map(|r| format!("{saddr} {r} goto {chain}"))
                 .collect();

@@ -68,8 +68,8 @@ pub struct ForwardedService {
     pub ports: Vec<Port>,
     /// `externalTrafficPolicy: Local` (no SNAT).
     pub local: bool,
-    /// `loadBalancerSourceRanges` (empty: everyone).
-    pub source_ranges: Vec<IpNetwork>,
+    /// `loadBalancerSourceRanges` (None: everyone; empty: nobody).
+    pub source_ranges: Option<Vec<IpNetwork>>,
     /// `sessionAffinity: ClientIP` with its timeout in seconds.
     pub affinity: Option<u32>,
     /// Connections are replicated to the other nodes: source NAT to the VIP, not the node.
@@ -307,7 +307,7 @@ mod tests {
                 endpoints: vec![(ip("203.0.113.2"), 8080), (ip("203.0.113.66"), 8080), (ip("2001:db8:1:1::2"), 8080)],
             }],
             local: false,
-            source_ranges: vec![],
+            source_ranges: None,
             affinity: None,
             replicate: false,
         }
@@ -417,7 +417,7 @@ mod tests {
     #[test]
     fn source_ranges_guard_the_vips_only() {
         let mut guarded = web();
-        guarded.source_ranges = vec!["198.51.100.0/24".parse().unwrap()];
+        guarded.source_ranges = Some(vec!["198.51.100.0/24".parse().unwrap()]);
         let rs = Ruleset::of(&[guarded]);
         assert_eq!(rs.elements("vips_v4")["198.51.100.200 . tcp . 80"], format!("goto {CHAIN}/v4/lb"));
         assert_eq!(
@@ -427,6 +427,12 @@ mod tests {
         assert_eq!(rs.elements("nodeports")["tcp . 30080"], format!("goto {CHAIN}/v4"));
         // No IPv6 range given: IPv6 clients are not allowed at all.
         assert_eq!(rs.chains()[format!("{CHAIN}/v6/lb").as_str()], ["drop"]);
+        // Ranges given of which none parsed: nobody, not everyone.
+        let mut closed = web();
+        closed.source_ranges = Some(vec![]);
+        let rs = Ruleset::of(&[closed]);
+        assert_eq!(rs.elements("vips_v4")["198.51.100.200 . tcp . 80"], format!("goto {CHAIN}/v4/lb"));
+        assert_eq!(rs.chains()[format!("{CHAIN}/v4/lb").as_str()], ["drop"]);
     }
 
     #[test]
@@ -503,7 +509,7 @@ mod tests {
                         })
                         .collect(),
                     local,
-                    source_ranges: if guarded { vec!["198.51.100.0/24".parse().unwrap()] } else { vec![] },
+                    source_ranges: guarded.then(|| vec!["198.51.100.0/24".parse().unwrap()]),
                     affinity,
                     replicate: n == 1 && !local,
                 })

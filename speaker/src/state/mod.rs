@@ -3,6 +3,7 @@
 //! the caches). Every announcing protocol and the forwarding take this view.
 
 pub mod read;
+pub mod source_ranges;
 pub mod watch;
 
 use std::collections::BTreeMap;

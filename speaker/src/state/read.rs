@@ -6,9 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use super::source_ranges::{self, SourceRanges};
 use ferrolb_crds::annotations::{ALLOCATED_FROM, EXCLUDE_FROM_LB_LABEL, REPLICATE_CONNECTIONS, SERVICE_NAME_LABEL};
 use ferrolb_crds::{IPPool, Protocol, ServiceKey};
-use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -52,8 +52,8 @@ pub struct ServiceView {
     pub ports: Vec<PortView>,
     /// Nodes with a ready endpoint of the Service (any port).
     pub ready_nodes: BTreeSet<String>,
-    /// `loadBalancerSourceRanges` (empty: everyone).
-    pub source_ranges: Vec<IpNetwork>,
+    /// Who may reach its addresses, and the entries that did not parse.
+    pub source_ranges: SourceRanges,
     /// `sessionAffinity: ClientIP` with its timeout in seconds.
     pub affinity: Option<u32>,
     /// Its connections are to be replicated to the other nodes (the annotation, Cluster policy).
@@ -72,7 +72,7 @@ impl ServiceView {
             local,
             ports: Vec::new(),
             ready_nodes: ready.iter().map(|s| s.to_string()).collect(),
-            source_ranges: Vec::new(),
+            source_ranges: SourceRanges::default(),
             affinity: None,
             replicate: false,
         };
@@ -191,8 +191,7 @@ pub fn service(svc: &Service, slices: &[&EndpointSlice]) -> Option<ServiceView> 
             })
         })
         .collect();
-    let source_ranges =
-        spec.load_balancer_source_ranges.iter().flatten().filter_map(|r| r.trim().parse().ok()).collect();
+    let source_ranges = source_ranges::read(svc);
     let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
         let t =
             spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds);
@@ -286,7 +285,7 @@ mod tests {
         assert_eq!(v.ports[1].backends.len(), 2);
         assert_eq!(v.ports[1].backends[0].port, 5353);
         assert_eq!(v.ready_nodes, BTreeSet::from(["node-1".to_string(), "node-2".to_string()]));
-        assert_eq!((v.ports[0].node_port, v.source_ranges.len()), (Some(30080), 1));
+        assert_eq!((v.ports[0].node_port, v.source_ranges.allowed.map(|r| r.len())), (Some(30080), Some(1)));
     }
 
     #[test]

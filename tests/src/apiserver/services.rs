@@ -173,6 +173,9 @@ pub fn admit(svc: &mut Value, old: Option<&Value>, net: &mut ServiceNetwork) -> 
     }
     let old_spec = old.map(|o| o["spec"].clone()).unwrap_or(Value::Null);
     let me = object_key(svc);
+    let ranges_annotation = svc["metadata"]["annotations"]["service.beta.kubernetes.io/load-balancer-source-ranges"]
+        .as_str()
+        .map(String::from);
     let spec = &mut svc["spec"];
     set_default(spec, "type", json!("ClusterIP"));
     let ty = spec["type"].as_str().unwrap_or_default().to_string();
@@ -196,7 +199,7 @@ pub fn admit(svc: &mut Value, old: Option<&Value>, net: &mut ServiceNetwork) -> 
     if ty == "LoadBalancer" {
         set_default(spec, "allocateLoadBalancerNodePorts", json!(true));
     }
-    validate_lb_fields(spec, &old_spec, &ty, &mut causes);
+    validate_lb_fields(spec, &old_spec, &ty, ranges_annotation.as_deref(), &mut causes);
     validate_ports(spec, &ty, net, &mut causes);
     if !causes.is_empty() {
         return Err(causes);
@@ -259,7 +262,7 @@ fn drop_type_dependent_fields(spec: &mut Value, old: &Value) {
     }
 }
 
-fn validate_lb_fields(spec: &Value, old: &Value, ty: &str, causes: &mut Vec<Cause>) {
+fn validate_lb_fields(spec: &Value, old: &Value, ty: &str, ranges_annotation: Option<&str>, causes: &mut Vec<Cause>) {
     let class = &spec["loadBalancerClass"];
     if !class.is_null() && ty != "LoadBalancer" {
         causes.push(Cause::new("spec.loadBalancerClass", "Forbidden: may only be used when `type` is 'LoadBalancer'"));
@@ -273,12 +276,42 @@ fn validate_lb_fields(spec: &Value, old: &Value, ty: &str, causes: &mut Vec<Caus
     {
         causes.push(Cause::new("spec.loadBalancerIP", format!("Invalid value: {ip:?}: must be a valid IP address")));
     }
-    for (i, r) in spec["loadBalancerSourceRanges"].as_array().into_iter().flatten().enumerate() {
-        if r.as_str().and_then(|s| s.trim().parse::<IpNetwork>().ok()).is_none() {
+    // kube-apiserver reads these as netutils.ParseCIDRSloppy does: IPv4 octets may have leading
+    // zeros, and entries may be space-padded.
+    let sloppy = |s: &str| {
+        let s = s.trim();
+        let (ip, prefix) = s.split_once('/').unwrap_or((s, ""));
+        let ip = if ip.contains(':') {
+            ip.to_string()
+        } else {
+            ip.split('.')
+                .map(|o| o.trim_start_matches('0'))
+                .map(|o| if o.is_empty() { "0" } else { o })
+                .collect::<Vec<_>>()
+                .join(".")
+        };
+        format!("{ip}/{prefix}").parse::<IpNetwork>().is_ok()
+    };
+    let ranges = spec["loadBalancerSourceRanges"].as_array().filter(|r| !r.is_empty());
+    for (i, r) in ranges.into_iter().flatten().enumerate() {
+        if !r.as_str().is_some_and(sloppy) {
             causes.push(Cause::new(
                 format!("spec.loadBalancerSourceRanges[{i}]"),
                 format!("Invalid value: {r}: must be a valid CIDR"),
             ));
+        }
+    }
+    if ranges.is_none()
+        && ty == "LoadBalancer"
+        && let Some(val) = ranges_annotation
+    {
+        for value in val.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+            if !sloppy(value) {
+                causes.push(Cause::new(
+                    "metadata.annotations[service.beta.kubernetes.io/load-balancer-source-ranges]",
+                    format!("Invalid value: {value:?}: must be a CIDR"),
+                ));
+            }
         }
     }
     for (field, allowed) in [
