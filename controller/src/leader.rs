@@ -9,6 +9,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
 
 /// How the election is run.
 #[derive(Debug, Clone)]
@@ -84,8 +85,18 @@ async fn try_hold(api: &Api<Lease>, cfg: &LeaderConfig) -> Result<bool, kube::Er
     }
 }
 
-/// Runs the election until `stop` fires; `leading` carries whether we lead. On stop, a held Lease
-/// is handed back so that another replica takes over at once.
+/// How long after the start of its last successful renewal a leader may act: two thirds of the
+/// Lease (client-go's 10 s of 15), never less than one retry period. Measured from the start of the
+/// request, which is no later than the renewTime it wrote, so the others' view of the Lease can
+/// only expire after this; the rest of the Lease is the margin for their clocks.
+pub fn renew_deadline(cfg: &LeaderConfig) -> Duration {
+    (cfg.lease_duration * 2 / 3).max(cfg.retry_period)
+}
+
+/// Runs the election until `stop` fires; `leading` carries whether we lead. Leadership ends at the
+/// renew deadline whatever the pending request does: a request to a hung API server (the client
+/// has no read timeout for it) must not keep a replica leading after another could have taken the
+/// Lease. On stop, a held Lease is handed back so that another replica takes over at once.
 pub async fn run(
     client: kube::Client,
     cfg: LeaderConfig,
@@ -93,22 +104,39 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
-    // Step down a little before the Lease could expire for the others.
-    let deadline = cfg.lease_duration.saturating_sub(cfg.retry_period).max(cfg.retry_period);
-    let mut last_held: Option<tokio::time::Instant> = None;
-    loop {
-        match try_hold(&api, &cfg).await {
-            Ok(true) => last_held = Some(tokio::time::Instant::now()),
-            Ok(false) => last_held = None,
-            Err(e) => {
-                tracing::warn!(error = %e, lease = %cfg.name, "leader election: the Lease could not be read or written")
-            }
-        }
-        let lead = last_held.is_some_and(|t| t.elapsed() < deadline);
+    let deadline = renew_deadline(&cfg);
+    let mut held_until: Option<Instant> = None;
+    let set = |lead: bool| {
         if *leading.borrow() != lead {
             tracing::info!(identity = %cfg.identity, leading = lead, "leadership changed");
             leading.send_replace(lead);
         }
+    };
+    'run: loop {
+        let started = Instant::now();
+        // Bounded, so a hung request is given up and tried again.
+        let attempt = tokio::time::timeout(cfg.lease_duration, try_hold(&api, &cfg));
+        tokio::pin!(attempt);
+        let outcome = loop {
+            let step_down = held_until.filter(|_| *leading.borrow());
+            tokio::select! {
+                outcome = &mut attempt => break outcome,
+                _ = sleep_until(step_down.unwrap_or(started)), if step_down.is_some() => {
+                    tracing::warn!(lease = %cfg.name, "the Lease was not renewed in time; stepping down");
+                    set(false);
+                }
+                _ = stop.changed() => break 'run,
+            }
+        };
+        match outcome {
+            Ok(Ok(true)) => held_until = Some(started + deadline),
+            Ok(Ok(false)) => held_until = None,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, lease = %cfg.name, "leader election: the Lease could not be read or written")
+            }
+            Err(_) => tracing::warn!(lease = %cfg.name, "leader election: no answer about the Lease; trying again"),
+        }
+        set(held_until.is_some_and(|t| Instant::now() < t));
         tokio::select! {
             _ = tokio::time::sleep(cfg.retry_period) => {}
             _ = stop.changed() => break,
@@ -116,8 +144,9 @@ pub async fn run(
     }
     if *leading.borrow() {
         leading.send_replace(false);
-        if let Err(e) = release(&api, &cfg).await {
-            tracing::warn!(error = %e, "could not hand the Lease back; it expires by itself");
+        let handed_back = tokio::time::timeout(cfg.retry_period, release(&api, &cfg)).await;
+        if !matches!(handed_back, Ok(Ok(()))) {
+            tracing::warn!("could not hand the Lease back; it expires by itself");
         }
     }
 }
@@ -148,6 +177,20 @@ mod tests {
                 ..LeaseSpec::default()
             }),
         }
+    }
+
+    #[test]
+    fn the_renew_deadline_leaves_a_third_of_the_lease_to_the_others_clocks() {
+        let cfg = |lease_ms, retry_ms| LeaderConfig {
+            namespace: "n".into(),
+            name: "l".into(),
+            identity: "a".into(),
+            lease_duration: Duration::from_millis(lease_ms),
+            retry_period: Duration::from_millis(retry_ms),
+        };
+        assert_eq!(renew_deadline(&cfg(15_000, 2_000)), Duration::from_secs(10));
+        assert_eq!(renew_deadline(&cfg(3_000, 300)), Duration::from_secs(2));
+        assert_eq!(renew_deadline(&cfg(1_000, 2_000)), Duration::from_secs(2), "never shorter than a retry");
     }
 
     #[test]

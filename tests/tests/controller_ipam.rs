@@ -552,6 +552,39 @@ async fn two_replicas_only_the_leader_writes_and_the_other_takes_over() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_lease_requests_hang_stops_writing_before_its_lease_could_expire() {
+    let (server, client, kubeconfig) = ferrolb_cluster().await;
+    pool(&client, "doc", json!({"addresses": ["198.51.100.0/24"]})).await;
+    let http = free_addr();
+    // Lease 3 s, retry 300 ms (spawn_controller): leadership ends 2 s after the last renewal began.
+    let _a = spawn_controller(&kubeconfig, "replica-a", http, &[]);
+    service(&client, "default", "before", json!({})).await;
+    wait_ips(&client, "default", "before", &["198.51.100.0"]).await;
+    // The API server stops answering about the Lease (and only about it): every renewal hangs.
+    server.shared().hold_requests(Some("/leases/ferrolb-controller"));
+    let leading = || async {
+        let (_, metrics) = common::http_get(http, "/metrics").await?;
+        metrics.lines().find(|l| l.starts_with("ferrolb_controller_leader "))?.ends_with(" 1").then_some(())
+    };
+    eventually("replica-a to step down", WAIT, || async { leading().await.is_none().then_some(()) }).await;
+    // Past the Lease's whole duration another replica may lead: this one must not write.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mark = server.shared().requests().len();
+    service(&client, "default", "after", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // give a misbehaving leader the chance to write
+    let writes: Vec<String> = server.shared().requests()[mark..]
+        .iter()
+        .filter(|r| r.method != "GET" && r.field_manager.as_deref() == Some("replica-a"))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(writes.is_empty(), "a replica without a renewed Lease wrote: {writes:?}");
+    assert!(ips(&client, "default", "after").await.is_empty());
+    // The API server answers again: it leads again and catches up.
+    server.shared().hold_requests(None);
+    wait_ips(&client, "default", "after", &["198.51.100.1"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_the_lease_over_at_once() {
     let (_server, client, kubeconfig) = ferrolb_cluster().await;
     let mut a = spawn_controller(&kubeconfig, "replica-a", free_addr(), &[]);

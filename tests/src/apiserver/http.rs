@@ -78,6 +78,12 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
     if watch {
         let _ = shared.faults.watches_held.subscribe().wait_for(|held| !*held).await;
     }
+    let _ = shared
+        .faults
+        .requests_held
+        .subscribe()
+        .wait_for(|held| held.as_ref().is_none_or(|p| !path.contains(p.as_str())))
+        .await;
     let response = match read_not_before(&shared, &parts.method, watch, &query).await {
         Err(e) => error_response(&e),
         Ok(()) => match route(&shared, &parts.method, &path, &query, &parts.headers, &body) {

@@ -87,6 +87,9 @@ pub struct Faults {
     /// While true, watch requests wait before they are answered: with the open watches dropped,
     /// the clients are cut off from changes, as while kube-apiserver restarts.
     pub watches_held: tokio::sync::watch::Sender<bool>,
+    /// While set, every request whose path contains this text waits before it is answered (a
+    /// hung connection to a busy or partitioned API server, as a client with no read timeout sees).
+    pub requests_held: tokio::sync::watch::Sender<Option<String>>,
 }
 
 /// One request the server answered (for tests that check who wrote what, and RBAC).
@@ -138,6 +141,12 @@ impl Shared {
     /// Holds (or lets through again) every new watch request; see [`Faults::watches_held`].
     pub fn hold_watches(&self, held: bool) {
         self.faults.watches_held.send_replace(held);
+    }
+
+    /// Holds every request whose path contains `path_part` until called with None; see
+    /// [`Faults::requests_held`].
+    pub fn hold_requests(&self, path_part: Option<&str>) {
+        self.faults.requests_held.send_replace(path_part.map(String::from));
     }
 
     /// What a kube-apiserver restart does to watches: every open one ends, and the new watch
