@@ -158,9 +158,15 @@ impl Pool {
         !self.all[idx(f)].is_empty()
     }
 
-    /// Whether this pool's addresses overlap `other`'s.
+    /// Whether this pool's addresses overlap `other`'s (pairwise, O(n·m): for tests and the
+    /// benchmark's side-by-side; the allocator sweeps).
     pub fn overlaps(&self, other: &Pool) -> bool {
         (0..2).any(|i| self.all[i].spans().any(|(s, e)| other.all[i].spans().any(|(os, oe)| s <= oe && os <= e)))
+    }
+
+    /// All of its spans as (family index, first, last), in order.
+    pub fn spans(&self) -> impl Iterator<Item = (usize, u128, u128)> + '_ {
+        (0..2).flat_map(move |i| self.all[i].spans().map(move |(s, e)| (i, s, e)))
     }
 
     /// Total, used and available counts for `f` (None when the pool has no such addresses).

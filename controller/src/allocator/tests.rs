@@ -293,6 +293,37 @@ fn overlapping_pools_are_reported_and_never_hand_out_an_address_twice() {
     assert_eq!(seen.len(), 6, "x and y together hold six addresses");
 }
 
+proptest! {
+    /// The sweep finds exactly the pairs the pairwise comparison finds, and follows pool changes.
+    #[test]
+    fn overlaps_by_sweep_equal_pairwise(
+        pools in proptest::collection::vec(proptest::collection::vec((0u8..200, 0u8..20, any::<bool>()), 1..6), 1..7),
+        dropped in 0usize..7,
+    ) {
+        let mut a = Allocator::new();
+        for (n, entries) in pools.iter().enumerate() {
+            let ranges: Vec<String> = entries.iter().map(|(s, l, v6)| if *v6 {
+                format!("2001:db8::{:x}-2001:db8::{:x}", s, u16::from(*s) + u16::from(*l))
+            } else {
+                format!("198.51.100.{s}-198.51.100.{}", s.saturating_add(*l))
+            }).collect();
+            let refs: Vec<&str> = ranges.iter().map(String::as_str).collect();
+            a.set_pool(&format!("p{n}"), config(&refs));
+        }
+        a.remove_pool(&format!("p{dropped}"));
+        let mut pairwise: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let names: Vec<&str> = a.pool_names().collect();
+        for x in &names {
+            for y in names.iter().filter(|y| *y != x) {
+                if a.pool(x).unwrap().overlaps(a.pool(y).unwrap()) {
+                    pairwise.entry(x.to_string()).or_default().push(y.to_string());
+                }
+            }
+        }
+        prop_assert_eq!(a.overlaps(), &pairwise);
+    }
+}
+
 #[test]
 fn counts_saturate_and_track_use() {
     let mut a = Allocator::new();

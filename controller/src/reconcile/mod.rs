@@ -408,7 +408,7 @@ impl Reconciler {
         for pool in self.stores.pools.state() {
             let name = pool.name_any();
             let errors = self.pool_errors.get(&name).cloned().unwrap_or_default();
-            let status = pool_status::desired_status(&pool, &self.alloc, &errors, &overlaps);
+            let status = pool_status::desired_status(&pool, &self.alloc, &errors, overlaps);
             for (family, counts) in [("ipv4", status.ipv4), ("ipv6", status.ipv6)] {
                 let Some(c) = counts else { continue };
                 for (state, n) in [("total", c.total), ("used", c.used), ("available", c.available)] {
