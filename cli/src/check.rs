@@ -113,7 +113,7 @@ pub fn check(docs: &[Value]) -> (Vec<Report>, Vec<String>) {
     }
     let overlaps = alloc.overlaps();
     for (name, pool, _) in &pools {
-        let status = desired_status(pool, &alloc, &errors[name], &overlaps);
+        let status = desired_status(pool, &alloc, &errors[name], overlaps);
         let Some(report) = reports.iter_mut().find(|r| r.kind == "IPPool" && r.name == *name) else { continue };
         for c in status.conditions.iter().filter(|c| c.type_ != "Ready" && c.status == "True") {
             report.problems.push(format!("{}: {}", c.type_, c.message));
