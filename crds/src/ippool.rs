@@ -60,6 +60,11 @@ pub struct IPPoolSpec {
     #[serde(default)]
     pub disabled: bool,
 
+    /// Whether Services of different namespaces may share one of its addresses (with one sharing
+    /// key, as MetalLB allows); false keeps every shared address within one namespace.
+    #[serde(default = "default_true")]
+    pub share_across_namespaces: bool,
+
     /// Which Services may use this pool; a pool that has one is tried first for the Services it
     /// selects, and never used for the others.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -262,6 +262,28 @@ async fn sharing_is_granted_with_one_key_and_refused_otherwise() {
     assert_no_duplicates(&client).await;
     // Two Services share one address: one used.
     wait_counts(&client, "p", false, (16, 1, 15)).await;
+
+    // Another namespace joins a's address with the same key; when a later takes the joiner's
+    // port, a (there first) keeps its address and the joiner moves.
+    namespace(&client, "other", json!({})).await;
+    service(&client, "other", "joiner", shared("k", 8443, json!({}))).await;
+    wait_ips(&client, "other", "joiner", &["198.51.100.0"]).await;
+    let api: Api<Service> = Api::namespaced(client.clone(), "default");
+    let ports = json!({"spec": {"ports": [{"name": "p", "port": 80}, {"name": "q", "port": 8443}]}});
+    api.patch("a", &PatchParams::default(), &Patch::Merge(ports)).await.unwrap();
+    wait_ips(&client, "other", "joiner", &["198.51.100.1"]).await;
+    wait_ips(&client, "default", "a", &["198.51.100.0"]).await;
+    assert_no_duplicates(&client).await;
+    // A pool that keeps shared addresses within one namespace.
+    pool(&client, "p", json!({"addresses": ["198.51.100.0/28"], "shareAcrossNamespaces": false})).await;
+    service(
+        &client,
+        "other",
+        "tenant",
+        shared("k", 9443, json!({"metadata": {"annotations": {"ferrolb.io/ips": "198.51.100.0"}}})),
+    )
+    .await;
+    wait_event(&client, "other", "tenant", "AllocationFailed", "shares addresses only within one namespace").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

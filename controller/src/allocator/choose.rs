@@ -1,11 +1,12 @@
 //! Choosing for a request: which pools may serve it, which address of a pool it gets, and whether
 //! it may share an address with its holders. Read-only over the allocator's state.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use ferrolb_crds::{Family, ServiceKey, selector};
+use ferrolb_crds::{Family, Protocol, ServiceKey, selector};
 
-use super::{AllocError, Allocator, Assignment, DualStack, Pool, Request};
+use super::{AllocError, Allocator, Assignment, DualStack, Pool, Request, TrafficPolicy};
 
 fn family_list(fs: &[Family]) -> String {
     fs.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(", ")
@@ -53,34 +54,51 @@ impl Allocator {
         check(&sel.service_selector, &req.labels, "service")
     }
 
-    /// Why `req` may not share `ip` (held by others), or None when it may.
+    /// Why `req` may not share `ip` (held by others), or None when it may. Holders that took `ip`
+    /// after `req` did are not asked: when they stop being compatible they move ([`Self::displaced_by`]).
     pub(super) fn share_refusal(&self, ip: &IpAddr, req: &Request) -> Option<(ServiceKey, String)> {
         let users = self.users.get(ip)?;
+        let mine = self.holders.get(&req.key).filter(|h| h.assignment.ips.contains(ip)).map(|h| h.since);
+        let me = (&req.key, &req.sharing_key, &req.ports, &req.policy);
         for other in users.iter().filter(|u| **u != req.key) {
             let Some(h) = self.holders.get(other) else { continue };
-            let why = match (&h.sharing_key, &req.sharing_key) {
-                (None, _) | (_, None) => {
-                    Some("sharing needs the same ferrolb.io/sharing-key on both Services".to_string())
-                }
-                (Some(a), Some(b)) if a != b => Some(format!("its sharing key is {a:?}, this Service's is {b:?}")),
-                _ => {
-                    if let Some((p, n)) = h.ports.intersection(&req.ports).next() {
-                        Some(format!("both use port {n}/{p}"))
-                    } else if h.policy != req.policy {
-                        Some(
-                            "externalTrafficPolicy differs (both Cluster, or both Local with the same selector)"
-                                .to_string(),
-                        )
-                    } else {
-                        None
-                    }
-                }
-            };
-            if let Some(why) = why {
+            if mine.is_some_and(|m| h.since > m) {
+                continue;
+            }
+            if let Some(why) = self.sharing_refused(ip, me, (other, h)) {
                 return Some((other.clone(), why));
             }
         }
         None
+    }
+
+    /// Why a Service (`key`, sharing key, ports, policy) may not share `ip` with the holder `h`.
+    pub(super) fn sharing_refused(
+        &self,
+        ip: &IpAddr,
+        (key, sharing_key, ports, policy): (&ServiceKey, &Option<String>, &BTreeSet<(Protocol, u16)>, &TrafficPolicy),
+        (other, h): (&ServiceKey, &super::Holder),
+    ) -> Option<String> {
+        let pool = self.pools.get(&h.assignment.pool).or_else(|| self.pools.values().find(|p| p.contains(ip)));
+        match (&h.sharing_key, sharing_key) {
+            (None, _) | (_, None) => Some("sharing needs the same ferrolb.io/sharing-key on both Services".to_string()),
+            (Some(a), Some(b)) if a != b => Some(format!("its sharing key is {a:?}, this Service's is {b:?}")),
+            _ if key.namespace() != other.namespace() && pool.is_some_and(|p| !p.config.share_across_namespaces) => {
+                Some(format!("IPPool {:?} shares addresses only within one namespace", h.assignment.pool))
+            }
+            _ => {
+                if let Some((p, n)) = h.ports.intersection(ports).next() {
+                    Some(format!("both use port {n}/{p}"))
+                } else if h.policy != *policy {
+                    Some(
+                        "externalTrafficPolicy differs (both Cluster, or both Local with the same selector)"
+                            .to_string(),
+                    )
+                } else {
+                    None
+                }
+            }
+        }
     }
 
     /// Pools that may serve new allocations for `req`, in order, with the reasons others may not.

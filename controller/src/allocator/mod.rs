@@ -57,6 +57,9 @@ struct Holder {
     sharing_key: Option<String>,
     ports: BTreeSet<(Protocol, u16)>,
     policy: TrafficPolicy,
+    /// When it took its addresses (a sequence number): of two Services sharing an address that
+    /// stop being compatible, the later one moves.
+    since: u64,
 }
 
 /// All pools and all holdings.
@@ -72,6 +75,8 @@ pub struct Allocator {
     reserved_by: HashMap<Reserver, Vec<IpAddr>>,
     /// Pools that overlap others, with the others' names ([`Allocator::overlaps`]).
     overlaps: BTreeMap<String, Vec<String>>,
+    /// The next [`Holder::since`].
+    next_since: u64,
 }
 
 impl Allocator {
@@ -350,14 +355,24 @@ impl Allocator {
     }
 
     fn record(&mut self, req: &Request, a: Assignment) {
-        if let Some(old) = self.holders.remove(&req.key) {
-            self.unuse(req.key.as_str(), &old.assignment.ips);
-        }
+        // Keeping an address keeps the Service's place in the order of arrival.
+        let kept = match self.holders.remove(&req.key) {
+            Some(old) => {
+                self.unuse(req.key.as_str(), &old.assignment.ips);
+                old.assignment.ips.iter().any(|ip| a.ips.contains(ip)).then_some(old.since)
+            }
+            None => None,
+        };
+        let since = kept.unwrap_or_else(|| {
+            self.next_since += 1;
+            self.next_since
+        });
         let h = Holder {
             assignment: a,
             sharing_key: req.sharing_key.clone(),
             ports: req.ports.clone(),
             policy: req.policy.clone(),
+            since,
         };
         self.install(&req.key, h);
     }
@@ -385,6 +400,24 @@ impl Allocator {
                 }
             }
         }
+    }
+
+    /// The Services sharing an address with `key` that took it later and may no longer share it
+    /// with `key` as it is now (it added their port, say): they must move, not `key`.
+    pub fn displaced_by(&self, key: &str) -> Vec<ServiceKey> {
+        let Some((key, h)) = self.holders.get_key_value(key) else { return Vec::new() };
+        let mut out = BTreeSet::new();
+        for ip in &h.assignment.ips {
+            for other in self.users.get(ip).into_iter().flatten().filter(|o| *o != key) {
+                let Some(o) = self.holders.get(other) else { continue };
+                if o.since > h.since
+                    && self.sharing_refused(ip, (other, &o.sharing_key, &o.ports, &o.policy), (key, h)).is_some()
+                {
+                    out.insert(other.clone());
+                }
+            }
+        }
+        out.into_iter().collect()
     }
 
     /// Forgets a Service; returns the addresses it held.

@@ -32,6 +32,8 @@ pub struct PoolConfig {
     pub priority: Option<i32>,
     /// No new allocations.
     pub disabled: bool,
+    /// Services of different namespaces may share an address.
+    pub share_across_namespaces: bool,
     /// Which Services may use it (`serviceAllocation`); a pool that has one is tried first for
     /// the Services it admits, even when it lists no condition.
     pub selection: Option<Selection>,
@@ -45,6 +47,7 @@ impl Default for PoolConfig {
             avoid_buggy_ips: false,
             priority: None,
             disabled: false,
+            share_across_namespaces: true,
             selection: None,
         }
     }

@@ -221,6 +221,39 @@ fn sharing_needs_the_key_free_ports_and_the_same_policy() {
 }
 
 #[test]
+fn the_first_holder_keeps_a_shared_address_and_a_pool_may_keep_sharing_in_one_namespace() {
+    let shared = |k: &str, key: &str, ports: &[u16]| Request {
+        sharing_key: Some(key.into()),
+        ports: ports.iter().map(|p| (Protocol::Tcp, *p)).collect(),
+        ..req(k)
+    };
+    let mut a = Allocator::new();
+    a.set_pool("p", config(&["198.51.100.0/30"]));
+    let x = ips_of(&a.assign(&shared("team-a/web", "k", &[80]), &[], None));
+    assert_eq!(
+        ips_of(&a.assign(&shared("team-b/spy", "k", &[443]), &[], None)),
+        x,
+        "MetalLB's default: across namespaces"
+    );
+    // The owner adds the joiner's port: the owner keeps its address, the joiner is the one to move.
+    assert_eq!(ips_of(&a.assign(&shared("team-a/web", "k", &[80, 443]), &[], None)), x);
+    assert_eq!(a.displaced_by("team-a/web"), [ServiceKey::from("team-b/spy")]);
+    let moved = ips_of(&a.assign(&shared("team-b/spy", "k", &[443]), &[], None));
+    assert_ne!(moved, x);
+    assert_eq!(a.users_of(&x[0]), [ServiceKey::from("team-a/web")]);
+    assert!(a.displaced_by("team-a/web").is_empty());
+
+    let mut b = Allocator::new();
+    b.set_pool("q", PoolConfig { share_across_namespaces: false, ..config(&["203.0.113.0/30"]) });
+    let y = ips_of(&b.assign(&shared("team-a/web", "k", &[80]), &[], None));
+    assert_eq!(ips_of(&b.assign(&shared("team-a/api", "k", &[8080]), &[], None)), y, "one namespace shares");
+    assert_ne!(ips_of(&b.assign(&shared("team-b/spy", "k", &[443]), &[], None)), y);
+    let asked = Request { ips: y.clone(), ..shared("team-b/asks", "k", &[9090]) };
+    let err = b.assign(&asked, &[], None).error.unwrap().to_string();
+    assert!(err.contains("IPPool \"q\" shares addresses only within one namespace"), "{err}");
+}
+
+#[test]
 fn dual_stack_policies_and_the_missing_family_added_later() {
     let mut a = Allocator::new();
     a.set_pool("v4", PoolConfig { priority: Some(0), ..config(&["198.51.100.1/32"]) });

@@ -322,6 +322,10 @@ impl Reconciler {
             .map(|s| self.stores.ns_labels(s.metadata.namespace.as_deref().unwrap_or_default()))
             .unwrap_or_default();
         let mut d = service::update(&mut self.alloc, key.as_str(), svc.as_deref(), &labels, &self.ctx.handling);
+        // Whoever joined its address later and may no longer share it moves.
+        for later in self.alloc.displaced_by(key.as_str()) {
+            self.queue.add(&later);
+        }
         self.ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
         let handled = svc
             .as_ref()

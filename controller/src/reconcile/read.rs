@@ -197,6 +197,7 @@ pub fn pool_config(pool: &IPPool, cluster: &[Hole]) -> (PoolConfig, Vec<String>)
         avoid_buggy_ips: spec.avoid_buggy_ips,
         priority: spec.priority,
         disabled: spec.disabled,
+        share_across_namespaces: spec.share_across_namespaces,
         selection: sa.map(|sa| Selection {
             namespaces: sa.namespaces,
             namespace_selector: sa.namespace_selector,
