@@ -135,6 +135,14 @@ class Defaults(unittest.TestCase):
         for kind in ("ServiceMonitor", "PrometheusRule", "ConfigMap", "IPPool"):
             self.assertEqual(of_kind(self.docs, kind), [], kind)
 
+    def test_the_speakers_metrics_stay_on_the_nodes_loopback(self):
+        # hostNetwork: 0.0.0.0 would open to the LAN which addresses every node announces.
+        speaker = container(self.docs, "DaemonSet")
+        self.assertIn("--metrics-addr=127.0.0.1:7474", speaker["args"])
+        self.assertNotIn("metrics", [p["name"] for p in speaker["ports"]])
+        with self.assertRaisesRegex(Exception, "serviceMonitor.enabled needs speaker.metricsExposed=true"):
+            render({"serviceMonitor": {"enabled": True}})
+
 
 class EveryOption(unittest.TestCase):
     values = values_file("values-all.yaml")
@@ -159,6 +167,7 @@ class EveryOption(unittest.TestCase):
             self.assertIn(arg, c["args"])
         self.assertEqual(c["image"], "registry.example.com/mirror/ferrolb-controller:v9.9.9")
         s = container(self.docs, "DaemonSet")
+        self.assertIn("--metrics-addr=0.0.0.0:9474", s["args"])
         for arg in ("--forwarding=none", "--peer-port=17946", "--heartbeat-interval-ms=200",
                     "--peer-timeout-ms=1000", "--startup-settle-ms=3000", "--lease-seconds=15", "--restart-grace-ms=60000", "--conntrack-sync=conntrackd",
                     "--exclude-interfaces=veth*,cni0", "--bgp=bird", "--bgp-route-table=201", "--bgp-dir=/run/bird"):

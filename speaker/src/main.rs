@@ -65,8 +65,9 @@ struct Args {
     /// How VIP traffic is forwarded.
     #[arg(long, value_enum, default_value_t = Forwarding::Nftables)]
     forwarding: Forwarding,
-    /// Where /metrics is served.
-    #[arg(long, default_value = "0.0.0.0:7474")]
+    /// Where /metrics is served: the node's loopback by default, since the speaker runs on the
+    /// host network and its metrics name the addresses this node announces.
+    #[arg(long, default_value = "127.0.0.1:7474")]
     metrics_addr: SocketAddr,
     /// Where /healthz and /readyz are served.
     #[arg(long, default_value = "0.0.0.0:7475")]

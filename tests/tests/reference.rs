@@ -127,7 +127,8 @@ fn generate() -> String {
         "\n## Metrics\n\nServed on `/metrics` of each binary's metrics port (the chart's `*.metrics` values). The speaker's\n\
          series carry no node label: Prometheus's `instance` (the node's address, the speaker runs in the\n\
          host network) or `pod` tells the nodes apart. The alerts and the dashboard use only these names\n\
-         (a lab test checks them against the running binaries).\n\n### Controller\n\n",
+         (a lab test checks them against the running binaries). The speaker serves them on the node's\n\
+         loopback unless the chart's `speaker.metricsExposed` is true (a ServiceMonitor needs that).\n\n### Controller\n\n",
     );
     metrics(&mut out, &Telemetry::new(|r| ferrolb_controller::metrics::Metrics::with_every_label().register(r)));
     out.push_str("\n### Speaker\n\n");
