@@ -114,6 +114,8 @@ async fn run(args: Args) -> Result<(), telemetry::Error> {
         concurrency: args.concurrency,
         field_manager: identity,
         reserved_cidrs: args.reserved_cidrs,
+        // The loop turns at least every 250 ms while leading.
+        beat: telemetry.loops.watch("controller", Duration::from_secs(10)),
     };
     let shutdown = telemetry::shutdown_signal();
     tokio::pin!(shutdown);

@@ -4,11 +4,13 @@
 
 pub mod connect;
 pub mod events;
+pub mod liveness;
 pub mod logging;
 pub mod signal;
 pub mod telemetry;
 
 pub use connect::connect;
+pub use liveness::{Beat, Loops};
 pub use logging::{LogFormat, init_logging};
 pub use signal::shutdown_signal;
 pub use telemetry::Telemetry;

@@ -13,12 +13,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::Error;
+use crate::liveness::Loops;
 
 /// The metrics registry and the readiness flag behind the HTTP endpoints.
 #[derive(Clone)]
 pub struct Telemetry {
     registry: Arc<Registry>,
     ready: Arc<AtomicBool>,
+    /// The loops /healthz watches.
+    pub loops: Loops,
 }
 
 impl Telemetry {
@@ -29,7 +32,7 @@ impl Telemetry {
         build_info.get_or_create(&vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]).set(1);
         registry.register("ferrolb_build_info", "ferrolb build information", build_info);
         register(&mut registry);
-        Self { registry: Arc::new(registry), ready: Arc::new(AtomicBool::new(false)) }
+        Self { registry: Arc::new(registry), ready: Arc::new(AtomicBool::new(false)), loops: Loops::default() }
     }
 
     /// The registry in the OpenMetrics text format, as /metrics serves it.
@@ -46,7 +49,7 @@ impl Telemetry {
 
     /// Serves /metrics on `metrics` and /healthz, /readyz on `health` (they may be equal).
     pub async fn serve(&self, metrics: SocketAddr, health: SocketAddr) -> Result<(), Error> {
-        let health_routes = Router::new().route("/healthz", get(|| async { "ok" })).route("/readyz", get(readyz));
+        let health_routes = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz));
         let metrics_routes = Router::new().route("/metrics", get(render_metrics));
         let listeners = if metrics == health {
             vec![(metrics, health_routes.merge(metrics_routes))]
@@ -67,6 +70,18 @@ impl Telemetry {
     }
 }
 
+/// 200 "ok" while every watched loop runs; 503 naming the stuck one otherwise. Nothing else is
+/// said: the speaker's health port is on the host network.
+async fn healthz(State(t): State<Telemetry>) -> (StatusCode, String) {
+    match t.loops.stuck() {
+        None => (StatusCode::OK, "ok".into()),
+        Some((name, since)) => {
+            tracing::error!(r#loop = name, stuck_for = ?since, "a loop has stopped running; /healthz fails");
+            (StatusCode::SERVICE_UNAVAILABLE, format!("the {name} loop has not run for {} s", since.as_secs()))
+        }
+    }
+}
+
 async fn readyz(State(t): State<Telemetry>) -> (StatusCode, &'static str) {
     if t.ready.load(Ordering::SeqCst) { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
 }
@@ -77,5 +92,24 @@ async fn render_metrics(State(t): State<Telemetry>) -> (StatusCode, [(&'static s
             (StatusCode::OK, [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
         }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, [("content-type", "text/plain")], e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn healthz_fails_while_a_watched_loop_is_stuck() {
+        let t = Telemetry::new(|_| {});
+        let main = t.loops.watch("main", Duration::from_millis(20));
+        assert_eq!(healthz(State(t.clone())).await, (StatusCode::OK, "ok".to_string()));
+        main.beat();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (code, body) = healthz(State(t.clone())).await;
+        assert_eq!((code, body.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "the main loop has not run for 0 s"));
+        main.beat();
+        assert_eq!(healthz(State(t)).await.0, StatusCode::OK);
     }
 }

@@ -38,6 +38,8 @@ use crate::state::watch::Caches;
 pub struct Config {
     /// This node.
     pub node: String,
+    /// The main loop's sign of life for /healthz.
+    pub beat: ferrolb_process::Beat,
     /// Namespace of the speakers' Leases.
     pub namespace: String,
     /// UDP port for heartbeats.
@@ -201,6 +203,7 @@ pub async fn run(
     let mut last_announced: BTreeMap<IpAddr, String> = BTreeMap::new();
     tokio::pin!(shutdown);
     loop {
+        cfg.beat.beat();
         let mut ticked = false;
         tokio::select! {
             _ = tick.tick() => ticked = true,
@@ -279,6 +282,8 @@ pub async fn run(
             conditions_checked = Some(now);
         }
     }
+    // Shutting down is not being stuck.
+    cfg.beat.rest();
 
     // Asked of the API server, not the cache: a cordon just before SIGTERM (a drain) must count.
     let asked = tokio::time::timeout(Duration::from_secs(2), Api::<Node>::all(client.clone()).get_opt(&cfg.node)).await;

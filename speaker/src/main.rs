@@ -169,6 +169,9 @@ async fn run(args: Args) -> Result<(), telemetry::Error> {
     telemetry.serve(args.metrics_addr, args.health_addr).await?;
     telemetry.set_ready(true);
     let cfg = agent::Config {
+        // The loop turns every heartbeat interval; 10 s without a turn is a stuck process (the
+        // kubelet restarts it after its liveness probe's failures, 30 s in the chart).
+        beat: telemetry.loops.watch("speaker", Duration::from_secs(10)),
         node: args.node_name,
         namespace: args.namespace,
         peer_port: args.peer_port,

@@ -47,6 +47,17 @@ pub struct Context {
     pub field_manager: String,
     /// The cluster's own ranges (`--reserved-cidrs`).
     pub reserved_cidrs: Vec<Hole>,
+    /// The leader's loop's sign of life for /healthz (watched only while leading).
+    pub beat: ferrolb_process::Beat,
+}
+
+/// Stops /healthz watching the loop when a term ends, however it ends (it is aborted).
+struct Resting(ferrolb_process::Beat);
+
+impl Drop for Resting {
+    fn drop(&mut self) {
+        self.0.rest();
+    }
 }
 
 /// A finished write.
@@ -150,7 +161,9 @@ pub async fn run(ctx: Context, ready: impl FnOnce()) {
     r.pump();
     ready();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let _resting = Resting(r.ctx.beat.clone());
     loop {
+        r.ctx.beat.beat();
         let retry = r.queue.next_retry();
         tokio::select! {
             Some(t) = triggers.recv() => {
