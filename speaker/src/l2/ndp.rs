@@ -75,8 +75,24 @@ fn ll_option(options: &[u8], kind: u8) -> Option<Mac> {
     None
 }
 
-/// Parses an Ethernet frame; None for anything that is not a valid NS or NA (hop limit 255 and a
-/// correct ICMPv6 checksum, as RFC 4861 requires).
+/// Whether every option has a non-zero length and they fill the rest of the message exactly.
+fn options_valid(options: &[u8]) -> bool {
+    let mut rest = options;
+    while !rest.is_empty() {
+        let len = rest.get(1).map_or(0, |l| usize::from(*l) * 8);
+        if len == 0 || len > rest.len() {
+            return false;
+        }
+        rest = &rest[len..];
+    }
+    true
+}
+
+/// Parses an Ethernet frame; None for anything that is not a valid NS or NA as RFC 4861 §7.1
+/// says: hop limit 255, code 0, a correct ICMPv6 checksum, no multicast target or source, options
+/// of non-zero length; a solicitation from the unspecified address (duplicate address detection)
+/// goes to the target's solicited-node group and carries no source link-layer option; an
+/// advertisement to a multicast group is not marked solicited.
 pub fn parse(frame: &[u8]) -> Option<Ndp> {
     let eth = EthernetPacket::new(frame)?;
     if eth.get_ethertype() != EtherTypes::Ipv6 {
@@ -99,16 +115,25 @@ pub fn parse(frame: &[u8]) -> Option<Ndp> {
         Icmpv6Types::NeighborSolicit => {
             let ns = NeighborSolicitPacket::new(body)?;
             let options = body.get(24..)?;
-            Some(Ndp::Solicit {
-                eth_src,
-                src: ip.get_source(),
-                target: ns.get_target_addr(),
-                source_ll: ll_option(options, NdpOptionTypes::SourceLLAddr.0),
-            })
+            let (src, target) = (ip.get_source(), ns.get_target_addr());
+            let source_ll = ll_option(options, NdpOptionTypes::SourceLLAddr.0);
+            let dad_ok =
+                !src.is_unspecified() || (ip.get_destination() == solicited_node(target) && source_ll.is_none());
+            if target.is_multicast() || src.is_multicast() || !options_valid(options) || !dad_ok {
+                return None;
+            }
+            Some(Ndp::Solicit { eth_src, src, target, source_ll })
         }
         Icmpv6Types::NeighborAdvert => {
             let na = NeighborAdvertPacket::new(body)?;
             let options = body.get(24..)?;
+            let solicited = na.get_flags() & 0x40 != 0;
+            if na.get_target_addr().is_multicast()
+                || !options_valid(options)
+                || (solicited && ip.get_destination().is_multicast())
+            {
+                return None;
+            }
             Some(Ndp::Advert {
                 eth_src,
                 target: na.get_target_addr(),
@@ -268,6 +293,44 @@ mod tests {
     }
 
     #[test]
+    fn invalid_messages_are_ignored_as_rfc_4861_says() {
+        let vip = ip("2001:db8::100");
+        let client = ip("2001:db8::10");
+        let owned = |a: Ipv6Addr| (a == vip || a.is_multicast()).then_some(US);
+        let fixed = |mut f: Vec<u8>| {
+            // Recompute the checksum after an edit, so only the edit is wrong.
+            f[56] = 0;
+            f[57] = 0;
+            let src = Ipv6Addr::from(<[u8; 16]>::try_from(&f[22..38]).unwrap());
+            let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap());
+            let sum = icmpv6::checksum(&Icmpv6Packet::new(&f[54..]).unwrap(), &src, &dst);
+            f[56..58].copy_from_slice(&sum.to_be_bytes());
+            f
+        };
+        assert!(answer(&solicit(THEM, client, vip, true, None), US, owned).is_some(), "the valid one");
+        // A multicast target or source.
+        assert_eq!(answer(&solicit(THEM, client, ip("ff02::1"), true, None), US, owned), None);
+        assert_eq!(answer(&solicit(THEM, ip("ff02::1"), vip, true, None), US, owned), None);
+        // An option of length zero.
+        let mut zero = solicit(THEM, client, vip, true, None);
+        zero[54 + 24 + 1] = 0;
+        assert_eq!(answer(&fixed(zero), US, owned), None);
+        // Code not zero.
+        let mut coded = solicit(THEM, client, vip, true, None);
+        coded[55] = 1;
+        assert_eq!(answer(&fixed(coded), US, owned), None);
+        // Duplicate address detection with a source link-layer option, or not to the solicited-node group.
+        assert_eq!(answer(&solicit(THEM, Ipv6Addr::UNSPECIFIED, vip, true, None), US, owned), None);
+        let mut unicast_dad = solicit(THEM, Ipv6Addr::UNSPECIFIED, vip, false, None);
+        unicast_dad[38..54].copy_from_slice(&vip.octets());
+        assert_eq!(answer(&fixed(unicast_dad), US, owned), None);
+        // A solicited advertisement to a multicast group is no claim.
+        let mut na = advert(THEM, vip, US, client, true);
+        na[38..54].copy_from_slice(&ALL_NODES.octets());
+        assert_eq!(parse(&fixed(na)), None);
+    }
+
+    #[test]
     fn unsolicited_adverts_override_for_all_nodes() {
         let na = unsolicited(US, ip("2001:db8::100"));
         assert_eq!(&na[0..6], &[0x33, 0x33, 0, 0, 0, 1]);
@@ -294,6 +357,7 @@ mod tests {
 
         #[test]
         fn adverts_round_trip(t: u128, d: u128, m1: [u8; 6], m2: [u8; 6]) {
+            prop_assume!(!Ipv6Addr::from(t).is_multicast() && !Ipv6Addr::from(d).is_multicast());
             let frame = advert(m1, t.into(), m2, d.into(), true);
             prop_assert_eq!(parse(&frame), Some(Ndp::Advert { eth_src: m1, target: t.into(), target_ll: Some(m1) }));
         }
