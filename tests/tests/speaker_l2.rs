@@ -340,6 +340,16 @@ async fn forged_heartbeats_are_ignored_and_a_foreign_answer_raises_a_conflict_ev
     assert_eq!(macs.len(), 1);
     assert_eq!(probe::mac_text(macs.iter().next().unwrap()), mac_of(&lab, &winner));
     let _ = std::fs::remove_file(&secret);
+
+    // A request tagged for VLAN 100 reaches the nodes' untagged interface (the kernel hands the
+    // raw socket the frame without its tag): nobody may answer it there, untagged, into the
+    // wrong network. The same request untagged is answered (the control).
+    let c = lab.topology.client.clone();
+    let tagged =
+        blocking(move || probe::arp_who_has_on_vlan(&c.namespace, &c.interface, &c.mac, c.ipv4, vip, 100).unwrap())
+            .await;
+    assert!(tagged.is_empty(), "a VLAN-tagged request was answered: {tagged:?}");
+    assert_eq!(answerers(&lab, vip).await.len(), 1);
 }
 
 /// Which nodes answer ARP for `vip` from the client, by name.

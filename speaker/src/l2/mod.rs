@@ -4,6 +4,7 @@
 pub mod announcer;
 pub mod arp;
 pub mod conflict;
+pub mod filter;
 pub mod gratuitous;
 pub mod interfaces;
 pub mod ndp;

@@ -13,7 +13,7 @@ use pnet::datalink::{self, Channel};
 use tokio::sync::{Notify, mpsc};
 
 use super::interfaces::Interface;
-use super::{Mac, arp, ndp};
+use super::{Mac, arp, filter, ndp};
 
 /// Something the responder saw that the speaker should know about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +51,35 @@ pub struct Responder {
     joined: BTreeSet<Ipv6Addr>,
 }
 
+/// An AF_PACKET socket that receives nothing until pnet binds it to the interface (protocol 0),
+/// with [`filter::program`] attached first, so no unfiltered frame is ever queued on it.
+fn filtered_socket() -> std::io::Result<i32> {
+    // SAFETY: plain system calls on a descriptor we own; the program outlives the setsockopt
+    // call, which copies it into the kernel.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut insns: Vec<libc::sock_filter> =
+            filter::program().into_iter().map(|(code, jt, jf, k)| libc::sock_filter { code, jt, jf, k }).collect();
+        let prog = libc::sock_fprog { len: u16::try_from(insns.len()).unwrap_or(u16::MAX), filter: insns.as_mut_ptr() };
+        let set = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            std::ptr::from_ref(&prog).cast(),
+            u32::try_from(std::mem::size_of::<libc::sock_fprog>()).unwrap_or(u32::MAX),
+        );
+        if set != 0 {
+            let e = std::io::Error::last_os_error();
+            libc::close(fd);
+            return Err(e);
+        }
+        Ok(fd)
+    }
+}
+
 impl Responder {
     /// Opens the interface and starts answering for whatever [`Responder::set_answered`] says.
     /// What it sees goes to `seen`, and `wake` is notified so the announcer looks at it.
@@ -58,6 +87,7 @@ impl Responder {
         let config = datalink::Config {
             read_timeout: Some(Duration::from_millis(100)),
             promiscuous: false,
+            socket_fd: Some(filtered_socket()?),
             ..Default::default()
         };
         let iface = datalink::interfaces()

@@ -80,6 +80,37 @@ pub fn arp_who_has(
     })
 }
 
+/// The MACs that answer an ARP request for `target` sent tagged for VLAN `vlan` (802.1Q), as a
+/// host on that VLAN asks through a trunk.
+pub fn arp_who_has_on_vlan(
+    ns: &str,
+    iface: &str,
+    client_mac: &str,
+    client_ip: Ipv4Addr,
+    target: Ipv4Addr,
+    vlan: u16,
+) -> Result<BTreeSet<[u8; 6]>, LabError> {
+    let me = parse_mac(client_mac);
+    let mut request = arp::gratuitous_request(me, target);
+    request[28..32].copy_from_slice(&client_ip.octets());
+    let mut tagged = request[..12].to_vec();
+    tagged.extend_from_slice(&[0x81, 0x00]);
+    tagged.extend_from_slice(&(vlan & 0x0fff).to_be_bytes());
+    tagged.extend_from_slice(&request[12..]);
+    ask(ns, iface, tagged, Duration::from_millis(400), move |f| {
+        // An answer in any shape: untagged (parsed as is) or tagged (the tag taken out).
+        let untagged: Vec<u8> = if f.get(12..14) == Some(&[0x81, 0x00][..]) {
+            f[..12].iter().chain(&f[16..]).copied().collect()
+        } else {
+            f.to_vec()
+        };
+        match arp::parse(&untagged)? {
+            arp::Arp::Reply { sender_mac, sender_ip, .. } if sender_ip == target => Some(sender_mac),
+            _ => None,
+        }
+    })
+}
+
 /// The MACs that answer a Neighbor Solicitation for `target` from the client.
 pub fn ndp_who_has(
     ns: &str,
