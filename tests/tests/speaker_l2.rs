@@ -500,3 +500,43 @@ async fn local_policy_node_selector_interfaces_exclusion_and_sharing() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_hundreds_of_interfaces_answers_on_a_bounded_number_with_one_thread_each() {
+    if !common::lab_prerequisites() {
+        return;
+    }
+    let (lab, speakers, _controller, _vip, winner) = lab_with_service(&[]).await;
+    let idx = lab.topology.nodes.iter().position(|n| n.name == winner).unwrap();
+    let ns = lab.topology.nodes[idx].namespace.clone();
+    // 80 veth pairs on the announcing node (pod veths, say), and a pool that answers on every
+    // interface: 161 candidates.
+    let batch: String = (0..80)
+        .map(|i| {
+            format!("link add many{i}a type veth peer name many{i}b\nlink set many{i}a up\nlink set many{i}b up\n")
+        })
+        .collect();
+    let file = std::env::temp_dir().join(format!("ferrolb-many-{}", std::process::id()));
+    std::fs::write(&file, batch).unwrap();
+    netns::ip_in(&ns, &["-batch", file.to_str().unwrap()]).unwrap();
+    let _ = std::fs::remove_file(&file);
+    lab.apply_pool("lan", json!({"addresses": ["198.51.100.200-198.51.100.210"], "l2": {"interfaces": ["*"]}}))
+        .await
+        .unwrap();
+    let client = lab.client().await.unwrap();
+    let api: Api<Service> = Api::namespaced(client, "default");
+    let limit = ferrolb_speaker::l2::announcer::MAX_RESPONDERS;
+    let named =
+        common::eventually("the condition to name as many interfaces as allowed", Duration::from_secs(30), || async {
+            let svc = api.get("web").await.ok()?;
+            let c = svc.status?.conditions?.into_iter().find(|c| c.type_ == "ferrolb.io/Announced")?;
+            let n = c.message.split(" on ").nth(1)?.split(", ").count();
+            (n >= limit).then_some(n)
+        })
+        .await;
+    assert_eq!(named, limit, "answered on more interfaces than allowed");
+    let pid = speakers[idx].child.id();
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count();
+    // One receiving thread per responder (two each before: 300+ here), plus the runtime's own.
+    assert!(threads < limit + 40, "{threads} threads for {limit} responders");
+}

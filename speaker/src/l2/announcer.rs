@@ -31,6 +31,10 @@ const SEEN_BACKLOG: usize = 1024;
 /// How often the interfaces are looked at again (they come and go with pods and cables).
 const RESCAN_EVERY: Duration = Duration::from_secs(2);
 
+/// Interfaces answered on at most (a responder is a raw socket and a thread each): a pool that
+/// names `*` on a node with hundreds of pod veths must not cost hundreds of threads.
+pub const MAX_RESPONDERS: usize = 64;
+
 /// The L2 announcer of one node.
 pub struct L2Announcer {
     node: String,
@@ -39,6 +43,8 @@ pub struct L2Announcer {
     seen_tx: mpsc::Sender<Seen>,
     seen_rx: mpsc::Receiver<Seen>,
     responders: BTreeMap<String, Responder>,
+    /// Interfaces left without a responder because [`MAX_RESPONDERS`] were open (said once each).
+    beyond_limit: BTreeSet<String>,
     interfaces: Vec<Interface>,
     choice: Choice,
     scanned: Option<Instant>,
@@ -76,6 +82,7 @@ impl L2Announcer {
             seen_tx,
             seen_rx,
             responders: BTreeMap::new(),
+            beyond_limit: BTreeSet::new(),
             interfaces: Vec::new(),
             choice,
             scanned: None,
@@ -156,6 +163,9 @@ impl L2Announcer {
         }
         let names: BTreeSet<&str> = self.interfaces.iter().map(|i| i.name.as_str()).collect();
         self.responders.retain(|n, _| names.contains(n.as_str()));
+        if self.responders.len() < MAX_RESPONDERS {
+            self.beyond_limit.clear();
+        }
         let mut per_address: BTreeMap<IpAddr, (u64, u64)> = BTreeMap::new();
         let mut gratuitous = 0;
         let mut on: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
@@ -168,6 +178,13 @@ impl L2Announcer {
             owned.extend(self.mine.iter().filter(|(_, p)| answers_on(p)).map(|(ip, _)| (*ip, iface.mac)));
             if !self.responders.contains_key(&iface.name) {
                 if owned.is_empty() {
+                    continue;
+                }
+                if self.responders.len() >= MAX_RESPONDERS {
+                    if self.beyond_limit.insert(iface.name.clone()) {
+                        tracing::error!(interface = %iface.name, limit = MAX_RESPONDERS,
+                            "not answering on this interface: as many interfaces as allowed are answered on already; narrow the pool's l2.interfaces or --exclude-interfaces");
+                    }
                     continue;
                 }
                 match Responder::start(iface.clone(), self.seen_tx.clone(), self.wake.clone()) {

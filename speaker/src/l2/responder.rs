@@ -43,7 +43,9 @@ pub struct Responder {
     /// The interface.
     pub interface: Interface,
     owned: Arc<RwLock<BTreeMap<IpAddr, Mac>>>,
-    out: std::sync::mpsc::Sender<Vec<u8>>,
+    /// The raw socket's sending half, shared by the receiving thread (replies) and the loop
+    /// (gratuitous frames): one thread per interface, not two.
+    tx: Sender,
     stop: Arc<AtomicBool>,
     /// Its counters.
     pub counters: Arc<Counters>,
@@ -94,18 +96,17 @@ impl Responder {
             .into_iter()
             .find(|i| i.index == interface.index)
             .ok_or_else(|| std::io::Error::other(format!("interface {} is gone", interface.name)))?;
-        let (mut tx, mut rx) = match datalink::channel(&iface, config)? {
-            Channel::Ethernet(tx, rx) => (tx, rx),
+        let (tx, mut rx) = match datalink::channel(&iface, config)? {
+            Channel::Ethernet(tx, rx) => (Arc::new(std::sync::Mutex::new(tx)), rx),
             _ => return Err(std::io::Error::other("not an Ethernet channel")),
         };
         let owned: Arc<RwLock<BTreeMap<IpAddr, Mac>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
-        let (out, out_rx) = std::sync::mpsc::channel::<Vec<u8>>();
         let mac = interface.mac;
         let name = interface.name.clone();
         {
-            let (owned, stop, counters, out) = (owned.clone(), stop.clone(), counters.clone(), out.clone());
+            let (owned, stop, counters, tx) = (owned.clone(), stop.clone(), counters.clone(), tx.clone());
             std::thread::Builder::new().name(format!("l2-rx-{name}")).spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let Ok(frame) = rx.next() else { continue };
@@ -115,7 +116,7 @@ impl Responder {
                             || ndp::answer(frame, mac, |a| ours(IpAddr::V6(a))).map(|(ip, f)| (IpAddr::V6(ip), f)),
                         );
                     if let Some((ip, f)) = reply {
-                        let sent = out.send(f).is_ok();
+                        let sent = send(&tx, &f);
                         let mut per = counters.per_address.lock().unwrap_or_else(|e| e.into_inner());
                         let entry = per.entry(ip).or_default();
                         entry.0 += 1;
@@ -144,19 +145,8 @@ impl Responder {
                 }
             })?;
         }
-        {
-            let stop = stop.clone();
-            std::thread::Builder::new().name(format!("l2-tx-{}", interface.name)).spawn(move || {
-                while let Ok(frame) = out_rx.recv() {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let _ = tx.send_to(&frame, None);
-                }
-            })?;
-        }
         let groups = std::net::UdpSocket::bind("[::]:0").or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))?;
-        Ok(Self { interface, owned, out, stop, counters, groups, joined: BTreeSet::new() })
+        Ok(Self { interface, owned, tx, stop, counters, groups, joined: BTreeSet::new() })
     }
 
     /// Sets the addresses to answer for, each with the MAC to answer with (joining their
@@ -197,7 +187,7 @@ impl Responder {
             IpAddr::V6(v6) => vec![ndp::unsolicited(self.interface.mac, v6)],
         };
         for f in frames {
-            if self.out.send(f).is_ok() {
+            if send(&self.tx, &f) {
                 self.counters.gratuitous.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -206,8 +196,15 @@ impl Responder {
 
 impl Drop for Responder {
     fn drop(&mut self) {
+        // The receiving thread sees it within its read timeout and ends, closing the socket.
         self.stop.store(true, Ordering::Relaxed);
-        // Wake the sender so it sees the stop flag.
-        let _ = self.out.send(Vec::new());
     }
+}
+
+type Sender = Arc<std::sync::Mutex<Box<dyn datalink::DataLinkSender>>>;
+
+/// Sends one frame (a send on a raw socket does not block for long); whether it went out.
+fn send(tx: &Sender, frame: &[u8]) -> bool {
+    let mut tx = tx.lock().unwrap_or_else(|e| e.into_inner());
+    matches!(tx.send_to(frame, None), Some(Ok(())))
 }
