@@ -175,9 +175,7 @@ impl Reporter {
             }
         }
     }
-}
 
-impl Reporter {
     /// A Warning, from the node that announces the Service, when its source ranges have entries
     /// that do not parse (their clients are refused); once per list of such entries.
     fn report_refused_ranges(&mut self, announced: &BTreeMap<IpAddr, String>) {
@@ -267,37 +265,39 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn no_more_than_max_writes_in_flight_whatever_is_due() {
-        use kube::runtime::{reflector, watcher};
-        // An API server that never answers: every write stays in flight.
+    /// A client of an API server that accepts connections and never answers (keep the listener):
+    /// every write stays in flight.
+    fn unanswering_client() -> (Client, std::net::TcpListener) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap()).parse().unwrap();
-        let client = Client::try_from(kube::Config::new(url)).unwrap();
-        let (store, mut writer) = reflector::store::<Service>();
+        (Client::try_from(kube::Config::new(url)).unwrap(), listener)
+    }
+
+    /// A cached Service `d/<name>` and its view on `ip`.
+    fn cached<'v>(
+        writer: &mut kube::runtime::reflector::store::Writer<Service>,
+        view: &'v mut View,
+        name: &str,
+        ip: &str,
+    ) -> &'v mut crate::state::ServiceView {
+        let svc: Service = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": name, "namespace": "d", "resourceVersion": "1"}}),
+        )
+        .unwrap();
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(svc));
+        let (key, v) = crate::state::ServiceView::example(&format!("d/{name}"), &[ip], "p", false, &[]);
+        view.services.entry(key).or_insert(v)
+    }
+
+    #[tokio::test]
+    async fn no_more_than_max_writes_in_flight_whatever_is_due() {
+        let (client, _listener) = unanswering_client();
+        let (store, mut writer) = kube::runtime::reflector::store::<Service>();
         let mut view = View::default();
         let mut announced = BTreeMap::new();
         for i in 0..100u8 {
-            let svc: Service = serde_json::from_value(serde_json::json!({"metadata": {"name": format!("s{i}"),
-                "namespace": "d", "resourceVersion": "1"}}))
-            .unwrap();
-            writer.apply_watcher_event(&watcher::Event::Apply(svc));
             let ip: IpAddr = std::net::Ipv4Addr::new(198, 51, 100, i).into();
-            let key = ServiceKey::new("d", &format!("s{i}"));
-            view.services.insert(
-                key.clone(),
-                crate::state::ServiceView {
-                    key,
-                    ips: vec![ip],
-                    pool: "p".into(),
-                    local: false,
-                    ports: Vec::new(),
-                    ready_nodes: Default::default(),
-                    source_ranges: Default::default(),
-                    affinity: None,
-                    replicate: false,
-                },
-            );
+            cached(&mut writer, &mut view, &format!("s{i}"), &ip.to_string());
             announced.insert(ip, "on eth0".to_string());
         }
         let mut r = Reporter::new(client, "n1", store);
@@ -316,19 +316,11 @@ mod tests {
 
     #[tokio::test]
     async fn refused_source_ranges_are_reported_once_by_the_announcing_node() {
-        use kube::runtime::{reflector, watcher};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap()).parse().unwrap();
-        let client = Client::try_from(kube::Config::new(url)).unwrap();
-        let (store, mut writer) = reflector::store::<Service>();
+        let (client, _listener) = unanswering_client();
+        let (store, mut writer) = kube::runtime::reflector::store::<Service>();
         let mut view = View::default();
         for (name, ip) in [("bad", "198.51.100.1"), ("elsewhere", "198.51.100.2")] {
-            let svc: Service =
-                serde_json::from_value(serde_json::json!({"metadata": {"name": name, "namespace": "d"}})).unwrap();
-            writer.apply_watcher_event(&watcher::Event::Apply(svc));
-            let (key, mut v) = crate::state::ServiceView::example(&format!("d/{name}"), &[ip], "p", false, &[]);
-            v.source_ranges.refused = vec!["office".into()];
-            view.services.insert(key, v);
+            cached(&mut writer, &mut view, name, ip).source_ranges.refused = vec!["office".into()];
         }
         let mut r = Reporter::new(client, "n1", store);
         r.set_view(&view);

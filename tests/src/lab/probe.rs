@@ -60,6 +60,13 @@ fn ask(
     })?
 }
 
+/// The client's ARP request for `target`: a gratuitous request's shape with its own sender address.
+fn arp_request(client_mac: &str, client_ip: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut request = arp::gratuitous_request(parse_mac(client_mac), target);
+    request[28..32].copy_from_slice(&client_ip.octets());
+    request
+}
+
 /// The MACs that answer an ARP request for `target` from the client.
 pub fn arp_who_has(
     ns: &str,
@@ -68,10 +75,7 @@ pub fn arp_who_has(
     client_ip: Ipv4Addr,
     target: Ipv4Addr,
 ) -> Result<BTreeSet<[u8; 6]>, LabError> {
-    let me = parse_mac(client_mac);
-    // An ARP request is a gratuitous request's shape with our own sender address.
-    let mut request = arp::gratuitous_request(me, target);
-    request[28..32].copy_from_slice(&client_ip.octets());
+    let request = arp_request(client_mac, client_ip, target);
     ask(ns, iface, request, Duration::from_millis(400), move |f| match arp::parse(f)? {
         arp::Arp::Reply { sender_mac, sender_ip, target_ip, .. } if sender_ip == target && target_ip == client_ip => {
             Some(sender_mac)
@@ -90,9 +94,7 @@ pub fn arp_who_has_on_vlan(
     target: Ipv4Addr,
     vlan: u16,
 ) -> Result<BTreeSet<[u8; 6]>, LabError> {
-    let me = parse_mac(client_mac);
-    let mut request = arp::gratuitous_request(me, target);
-    request[28..32].copy_from_slice(&client_ip.octets());
+    let request = arp_request(client_mac, client_ip, target);
     let mut tagged = request[..12].to_vec();
     tagged.extend_from_slice(&[0x81, 0x00]);
     tagged.extend_from_slice(&(vlan & 0x0fff).to_be_bytes());
