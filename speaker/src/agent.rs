@@ -201,6 +201,7 @@ pub async fn run(
     let mut view_changed = true;
     let mut conditions_checked: Option<Instant> = None;
     let mut last_announced: BTreeMap<IpAddr, String> = BTreeMap::new();
+    let mut misconfigured: std::collections::BTreeSet<String> = Default::default();
     tokio::pin!(shutdown);
     loop {
         cfg.beat.beat();
@@ -226,6 +227,7 @@ pub async fn run(
         let now = Instant::now();
         let members = {
             let mut l = liveness.lock().unwrap_or_else(|e| e.into_inner());
+            l.set_addresses(peers.iter().filter_map(|(n, a)| Some((n.clone(), a.as_ref()?.ip()))));
             l.set_registered(peers.into_keys(), now);
             kernel_answered.iter().for_each(|p| l.kernel_answered(p, now));
             // Announce nothing until the peers are heard (or the grace is over), so a starting
@@ -244,6 +246,13 @@ pub async fn run(
             l.members(&cfg.node, false, &claims, &cfg.timings, now)
         };
         metrics.peers.set(members.alive.len() as i64);
+        metrics.misconfigured.set(members.misconfigured.len() as i64);
+        if members.misconfigured != misconfigured {
+            for peer in members.misconfigured.difference(&misconfigured) {
+                tracing::error!(%peer, "every heartbeat of this registered speaker fails authentication: the heartbeat keys differ (the chart's peer Secret); addresses are placed by rank alone until they match");
+            }
+            misconfigured = members.misconfigured.clone();
+        }
         if !settled {
             continue;
         }

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub peers: Gauge,
     /// Speakers with a fresh Lease (this node included): what `peers` should reach.
     pub registered: Gauge,
+    /// Registered peers whose heartbeats all fail authentication (a heartbeat-key mismatch).
+    pub misconfigured: Gauge,
     /// Requests for our addresses received, per address.
     pub requests: Family<AddressLabel, Counter>,
     /// Replies sent, per address.
@@ -73,6 +75,11 @@ impl Metrics {
             "ferrolb_speaker_registered_peers",
             "Speakers with a fresh Lease, this one included; live_peers below it means one is not heard",
             self.registered.clone(),
+        );
+        r.register(
+            "ferrolb_speaker_misconfigured_peers",
+            "Registered speakers whose heartbeats all fail authentication: a heartbeat-key mismatch (addresses are then placed by rank alone)",
+            self.misconfigured.clone(),
         );
         r.register("ferrolb_speaker_requests", "ARP/NDP requests received, per address", self.requests.clone());
         r.register("ferrolb_speaker_replies", "ARP/NDP replies sent, per address", self.replies.clone());

@@ -540,3 +540,71 @@ async fn a_node_with_hundreds_of_interfaces_answers_on_a_bounded_number_with_one
     // One receiving thread per responder (two each before: 300+ here), plus the runtime's own.
     assert!(threads < limit + 40, "{threads} threads for {limit} responders");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mismatched_heartbeat_keys_never_make_two_nodes_answer_and_are_reported() {
+    if !common::lab_prerequisites() {
+        return;
+    }
+    let dir = std::env::temp_dir();
+    let (right, wrong) = (
+        dir.join(format!("ferrolb-key-a-{}", std::process::id())),
+        dir.join(format!("ferrolb-key-b-{}", std::process::id())),
+    );
+    std::fs::write(&right, "the-key\n").unwrap();
+    std::fs::write(&wrong, "another-key\n").unwrap();
+    let lab = Lab::up(3).await.expect("lab up");
+    lab.register_cluster().await.unwrap();
+    let client = lab.client().await.unwrap();
+    lab.apply_pool("lan", json!({"addresses": ["198.51.100.200-198.51.100.210"]})).await.unwrap();
+    let _controller = lab.start_controller().unwrap();
+    // node-3 was rendered with another key (as two `helm template` runs give).
+    let _speakers: Vec<_> = (0..3)
+        .map(|i| {
+            let key = if i == 2 { &wrong } else { &right };
+            lab.start_speaker(i, &["--peer-secret-file", key.to_str().unwrap()]).unwrap()
+        })
+        .collect();
+    let api: Api<Service> = Api::namespaced(client.clone(), "default");
+    for i in 0..6 {
+        let svc: Service = serde_json::from_value(json!({"metadata": {"name": format!("web{i}")},
+            "spec": {"type": "LoadBalancer", "selector": {"app": "web"}, "ports": [{"port": 80}]}}))
+        .unwrap();
+        api.create(&PostParams::default(), &svc).await.unwrap();
+    }
+    let vips: Vec<std::net::Ipv4Addr> = common::eventually("six addresses", Duration::from_secs(20), || async {
+        let mut v = Vec::new();
+        for i in 0..6 {
+            match lab.service_ips(&format!("web{i}")).await.first()? {
+                IpAddr::V4(a) => v.push(*a),
+                IpAddr::V6(_) => return None,
+            }
+        }
+        Some(v)
+    })
+    .await;
+    // Every address answered, by exactly one node, again and again.
+    common::eventually("every address answered once", Duration::from_secs(20), || async {
+        for v in &vips {
+            if answerers(&lab, *v).await.len() != 1 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    for _ in 0..3 {
+        for v in &vips {
+            let who = answerers(&lab, *v).await;
+            assert_eq!(who.len(), 1, "{v} answered by {who:?}");
+        }
+    }
+    // Said loudly: each node counts the peers whose heartbeats it cannot authenticate.
+    for (i, want) in [(0, 1.0), (2, 2.0)] {
+        let ns = lab.topology.nodes[i].namespace.clone();
+        let got = probe::metric(&probe::speaker_metrics(&ns).await.unwrap(), "ferrolb_speaker_misconfigured_peers");
+        assert_eq!(got, Some(want), "node {i}");
+    }
+    let _ = std::fs::remove_file(&right);
+    let _ = std::fs::remove_file(&wrong);
+}

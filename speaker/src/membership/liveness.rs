@@ -60,6 +60,11 @@ pub struct Members {
     pub settling: BTreeSet<String>,
     /// What each alive node announces, with the MAC it answers with.
     pub claims: BTreeMap<String, BTreeMap<IpAddr, Mac>>,
+    /// Alive by their Lease and their heartbeats' arrival, but every heartbeat fails
+    /// authentication (a subset of `alive`): a key mismatch. Their claims cannot be read, so while
+    /// there is one, nobody's claims count and the election is by rank alone — the one rule both
+    /// sides of a mismatch compute alike, so no address gets two announcers.
+    pub misconfigured: BTreeSet<String>,
 }
 
 /// What we last heard from one peer.
@@ -81,6 +86,10 @@ pub struct Liveness {
     heard: BTreeMap<String, Peer>,
     /// When each peer's kernel last answered for its closed heartbeat port.
     kernel: BTreeMap<String, Instant>,
+    /// Registered peers by the address their Lease gives.
+    addresses: BTreeMap<IpAddr, String>,
+    /// When a heartbeat from each registered peer's address last failed authentication.
+    unauthenticated: BTreeMap<String, Instant>,
 }
 
 impl Liveness {
@@ -93,6 +102,20 @@ impl Liveness {
         }
         self.heard.retain(|p, _| self.registered.contains_key(p));
         self.kernel.retain(|p, _| self.registered.contains_key(p));
+        self.unauthenticated.retain(|p, _| self.registered.contains_key(p));
+    }
+
+    /// Sets the address each registered peer's Lease gives (its heartbeats come from there).
+    pub fn set_addresses(&mut self, addresses: impl IntoIterator<Item = (String, IpAddr)>) {
+        self.addresses = addresses.into_iter().map(|(n, ip)| (ip, n)).collect();
+    }
+
+    /// Records a heartbeat from `from` that failed authentication; only a registered peer's
+    /// address counts (whatever else arrives is noise, and is not kept).
+    pub fn unauthenticated(&mut self, from: IpAddr, now: Instant) {
+        if let Some(peer) = self.addresses.get(&from) {
+            self.unauthenticated.insert(peer.clone(), now);
+        }
     }
 
     /// Records a heartbeat; true when it says something new about the peer's presence (it
@@ -155,6 +178,14 @@ impl Liveness {
                 }
                 continue;
             }
+            let speaking = self.heard.get(peer).is_some_and(|p| now.saturating_duration_since(p.at) <= t.timeout);
+            let garbled =
+                self.unauthenticated.get(peer).is_some_and(|u| now.saturating_duration_since(*u) <= t.timeout);
+            if garbled && !speaking {
+                out.alive.insert(peer.clone());
+                out.misconfigured.insert(peer.clone());
+                continue;
+            }
             let Some(p) = self.heard.get_mut(peer).filter(|p| !p.leaving) else { continue };
             let silent = now.saturating_duration_since(p.at);
             if p.settling && silent <= t.timeout {
@@ -171,6 +202,9 @@ impl Liveness {
             }
             out.alive.insert(peer.clone());
             out.claims.insert(peer.clone(), p.claims.clone());
+        }
+        if !out.misconfigured.is_empty() {
+            out.claims.values_mut().for_each(BTreeMap::clear);
         }
         out
     }
@@ -208,6 +242,38 @@ mod tests {
 
     fn hear(l: &mut Liveness, peer: &str, leaving: bool, now: Instant) {
         l.heard(&hb(peer, leaving, false, false, &BTreeMap::new()), now);
+    }
+
+    #[test]
+    fn a_peer_whose_heartbeats_fail_authentication_is_alive_and_claims_stop_counting() {
+        let t = Timings::default();
+        let t0 = Instant::now();
+        let mut l = Liveness::default();
+        l.set_registered(["a".to_string(), "b".to_string(), "c".to_string()], t0);
+        l.set_addresses([
+            ("b".to_string(), "198.51.100.2".parse().unwrap()),
+            ("c".to_string(), "198.51.100.3".parse().unwrap()),
+        ]);
+        let claim: BTreeMap<IpAddr, Mac> = BTreeMap::from([("198.51.100.200".parse().unwrap(), [2, 0, 0, 0, 0, 3])]);
+        l.heard(&hb("c", false, false, false, &claim), t0);
+        // b's key differs: its heartbeats arrive from its Lease's address and fail.
+        l.unauthenticated("198.51.100.2".parse().unwrap(), t0);
+        // Noise from elsewhere is not kept.
+        l.unauthenticated("192.0.2.99".parse().unwrap(), t0);
+        let mine: BTreeMap<IpAddr, Mac> = BTreeMap::from([("198.51.100.201".parse().unwrap(), [2, 0, 0, 0, 0, 1])]);
+        let m = l.members("a", false, &mine, &t, t0 + Duration::from_millis(100));
+        assert_eq!(m.alive, names(&["a", "b", "c"]));
+        assert_eq!(m.misconfigured, names(&["b"]));
+        assert!(m.claims.values().all(BTreeMap::is_empty), "rank alone while keys differ: {:?}", m.claims);
+        // The keys match again: b speaks, claims count again.
+        l.heard(&hb("b", false, false, false, &BTreeMap::new()), t0 + Duration::from_millis(200));
+        l.heard(&hb("c", false, false, false, &claim), t0 + Duration::from_millis(200));
+        let m = l.members("a", false, &mine, &t, t0 + Duration::from_millis(300));
+        assert!(m.misconfigured.is_empty());
+        assert_eq!(m.claims["c"], claim);
+        // A dead node is not kept alive by old failures: they age out like heartbeats.
+        let m = l.members("a", false, &mine, &t, t0 + Duration::from_secs(2));
+        assert_eq!(m.alive, names(&["a"]));
     }
 
     #[test]

@@ -74,6 +74,9 @@ pub async fn receive(
             Err(r) => {
                 tracing::debug!(%from, reason = %r, "heartbeat refused");
                 refused.count(r);
+                if r == Refusal::BadSignature {
+                    liveness.lock().unwrap_or_else(|e| e.into_inner()).unauthenticated(from.ip(), Instant::now());
+                }
             }
         }
     }
