@@ -25,6 +25,7 @@ use crate::forwarding::driver::Driver;
 use crate::l2::Mac;
 use crate::l2::announcer::L2Announcer;
 use crate::l2::interfaces::Choice;
+use crate::membership::key::Key;
 use crate::membership::liveness::{Liveness, Timings};
 use crate::membership::restart::{self, Exit};
 use crate::membership::{lease, udp};
@@ -32,6 +33,9 @@ use crate::metrics::Metrics;
 use crate::report::{REWRITE_EVERY, Reporter};
 use crate::state::read;
 use crate::state::watch::Caches;
+
+/// How often the heartbeat key's file is read again.
+const KEY_REREAD: Duration = Duration::from_secs(5);
 
 /// How the speaker runs.
 #[derive(Debug, Clone)]
@@ -45,7 +49,7 @@ pub struct Config {
     /// UDP port for heartbeats.
     pub peer_port: u16,
     /// HMAC key for heartbeats.
-    pub secret: Option<Vec<u8>>,
+    pub secret: Key,
     /// Heartbeat timings.
     pub timings: Timings,
     /// How long a speaker Lease lasts without renewal.
@@ -201,7 +205,8 @@ pub async fn run(
     let mut view_changed = true;
     let mut conditions_checked: Option<Instant> = None;
     let mut last_announced: BTreeMap<IpAddr, String> = BTreeMap::new();
-    let mut misconfigured: std::collections::BTreeSet<String> = Default::default();
+    let mut misconfigured: BTreeSet<String> = BTreeSet::new();
+    let mut key_read = Instant::now();
     tokio::pin!(shutdown);
     loop {
         cfg.beat.beat();
@@ -225,6 +230,15 @@ pub async fn run(
         };
         crate::metrics::raise_to(&metrics.refused, refused.total());
         let now = Instant::now();
+        // A mounted Secret is rewritten in place: a corrected or rotated key is taken up here.
+        if now.saturating_duration_since(key_read) >= KEY_REREAD {
+            key_read = now;
+            match cfg.secret.reload() {
+                Ok(true) => tracing::info!("the heartbeat key changed; heartbeats use the new one"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the heartbeat key again; keeping the one we have"),
+            }
+        }
         let members = {
             let mut l = liveness.lock().unwrap_or_else(|e| e.into_inner());
             l.set_addresses(peers.iter().filter_map(|(n, a)| Some((n.clone(), a.as_ref()?.ip()))));

@@ -11,6 +11,7 @@ use clap::Parser;
 use ferrolb_process as telemetry;
 use ferrolb_speaker::agent;
 use ferrolb_speaker::l2::interfaces::DEFAULT_EXCLUDED;
+use ferrolb_speaker::membership::key::Key;
 use ferrolb_speaker::membership::liveness::Timings;
 
 /// How VIP traffic reaches the Service's endpoints.
@@ -136,15 +137,8 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> Result<(), telemetry::Error> {
     let secret = match &args.peer_secret_file {
-        Some(path) => {
-            let secret = std::fs::read(path)?;
-            let trimmed = secret.trim_ascii().to_vec();
-            if trimmed.is_empty() {
-                return Err(telemetry::Error::Config(format!("--peer-secret-file {} is empty", path.display())));
-            }
-            Some(trimmed)
-        }
-        None => None,
+        Some(path) => Key::from_file(path).map_err(|e| telemetry::Error::Config(format!("--peer-secret-file {e}")))?,
+        None => Key::none(),
     };
     if args.conntrack_sync == ConntrackSync::Conntrackd && args.forwarding != Forwarding::Nftables {
         return Err(telemetry::Error::Config(

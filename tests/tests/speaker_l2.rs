@@ -542,7 +542,7 @@ async fn a_node_with_hundreds_of_interfaces_answers_on_a_bounded_number_with_one
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mismatched_heartbeat_keys_never_make_two_nodes_answer_and_are_reported() {
+async fn mismatched_heartbeat_keys_never_make_two_nodes_answer_are_reported_and_a_fixed_key_is_taken_up() {
     if !common::lab_prerequisites() {
         return;
     }
@@ -604,6 +604,22 @@ async fn mismatched_heartbeat_keys_never_make_two_nodes_answer_and_are_reported(
         let ns = lab.topology.nodes[i].namespace.clone();
         let got = probe::metric(&probe::speaker_metrics(&ns).await.unwrap(), "ferrolb_speaker_misconfigured_peers");
         assert_eq!(got, Some(want), "node {i}");
+    }
+    // The key is put right in node-3's file (as the kubelet rewrites a mounted Secret): taken up
+    // without a restart, and the peers authenticate each other again.
+    std::fs::write(&wrong, "the-key\n").unwrap();
+    for i in 0..3 {
+        let ns = lab.topology.nodes[i].namespace.clone();
+        common::eventually(&format!("node {i} to authenticate every peer"), Duration::from_secs(20), || {
+            let ns = ns.clone();
+            async move {
+                let text = probe::speaker_metrics(&ns).await?;
+                let ok = probe::metric(&text, "ferrolb_speaker_misconfigured_peers") == Some(0.0)
+                    && probe::metric(&text, "ferrolb_speaker_live_peers") == Some(3.0);
+                ok.then_some(())
+            }
+        })
+        .await;
     }
     let _ = std::fs::remove_file(&right);
     let _ = std::fs::remove_file(&wrong);

@@ -3,6 +3,7 @@
 //! registration, the UDP heartbeats, the claims file.
 
 pub mod heartbeat;
+pub mod key;
 pub mod lease;
 pub mod liveness;
 pub mod restart;

@@ -11,6 +11,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::UdpSocket;
 
 use super::heartbeat::{self, Heartbeat, Refusal, Replay};
+use super::key::Key;
 use super::liveness::Liveness;
 
 /// Counts of refused messages, by reason.
@@ -55,7 +56,7 @@ pub fn now_ms() -> u64 {
 pub async fn receive(
     socket: Arc<UdpSocket>,
     me: String,
-    secret: Option<Vec<u8>>,
+    secret: Key,
     liveness: Arc<Mutex<Liveness>>,
     refused: Arc<Refused>,
     changed: Arc<tokio::sync::Notify>,
@@ -63,7 +64,9 @@ pub async fn receive(
     let mut replay = Replay::new(30_000, secret.is_some());
     let mut buf = [0u8; 512];
     while let Ok((n, from)) = socket.recv_from(&mut buf).await {
-        match heartbeat::decode(&buf[..n], secret.as_deref()).and_then(|hb| replay.check(&hb, now_ms()).map(|()| hb)) {
+        match heartbeat::decode(&buf[..n], secret.get().as_deref())
+            .and_then(|hb| replay.check(&hb, now_ms()).map(|()| hb))
+        {
             Ok(hb) if hb.node != me => {
                 let news = liveness.lock().unwrap_or_else(|e| e.into_inner()).heard(&hb, Instant::now());
                 if news {
@@ -86,7 +89,7 @@ pub async fn receive(
 #[derive(Debug)]
 pub struct Sender {
     node: String,
-    secret: Option<Vec<u8>>,
+    secret: Key,
     incarnation: u64,
     sequence: u64,
     sockets: BTreeMap<SocketAddr, UdpSocket>,
@@ -106,7 +109,7 @@ pub struct Status {
 
 impl Sender {
     /// Heartbeats of `node`, signed with `secret` when there is one.
-    pub fn new(node: &str, secret: Option<Vec<u8>>) -> Self {
+    pub fn new(node: &str, secret: Key) -> Self {
         Self {
             node: node.to_string(),
             secret,
@@ -136,7 +139,7 @@ impl Sender {
             settling: status.settling,
             claims: claims.clone(),
         };
-        let bytes = heartbeat::encode(&hb, self.secret.as_deref());
+        let bytes = heartbeat::encode(&hb, self.secret.get().as_deref());
         if !self.warned_full && bytes.len() + 64 > heartbeat::MAX_LEN && !heartbeat::claims_fit(&hb) {
             self.warned_full = true;
             tracing::warn!(
