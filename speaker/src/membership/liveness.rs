@@ -160,7 +160,8 @@ impl Liveness {
     /// less than the restart grace while their kernel answers (held). A peer never heard is not
     /// alive: a new speaker takes addresses over only once the others hear it. `me` is always
     /// alive to itself, with `my_claims`, unless `me_leaving`. A dead peer's claims are forgotten,
-    /// so that when it returns it takes back nothing that has moved.
+    /// so that when it returns it takes back nothing that has moved. A peer whose heartbeats keep
+    /// arriving but fail authentication is alive and misconfigured, and then no claims count.
     pub fn members(
         &mut self,
         me: &str,
