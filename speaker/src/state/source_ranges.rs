@@ -33,14 +33,14 @@ pub fn read(svc: &Service) -> SourceRanges {
     if entries.is_empty() {
         return SourceRanges::default();
     }
-    let mut out = SourceRanges { allowed: Some(Vec::new()), refused: Vec::new() };
+    let (mut allowed, mut refused) = (Vec::new(), Vec::new());
     for e in entries {
         match parse_cidr_sloppy(e) {
-            Some(net) => out.allowed.get_or_insert_with(Vec::new).push(net),
-            None => out.refused.push(e.to_string()),
+            Some(net) => allowed.push(net),
+            None => refused.push(e.to_string()),
         }
     }
-    out
+    SourceRanges { allowed: Some(allowed), refused }
 }
 
 /// A CIDR as Kubernetes reads it (`netutils.ParseCIDRSloppy`): IPv4 octets may carry leading zeros
