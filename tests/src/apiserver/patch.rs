@@ -127,8 +127,13 @@ impl Merge<'_> {
 }
 
 /// The key that identifies items of a built-in kind's list field in a strategic merge, by field
-/// name (the patchMergeKey tags of Kubernetes' Go types).
-fn merge_key(field: &str, item: &Map<String, Value>) -> Option<&'static str> {
+/// name (the patchMergeKey tags of Kubernetes' Go types). An EndpointSlice's top-level `ports` (and
+/// `endpoints`) have none: they are atomic lists, replaced whole (two slice ports may share a
+/// number, one per Service port that targets it).
+fn merge_key(path: &str, field: &str, item: &Map<String, Value>) -> Option<&'static str> {
+    if path == "ports" {
+        return None;
+    }
     match field {
         "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env" | "imagePullSecrets" => {
             Some("name")
@@ -221,7 +226,7 @@ fn merge_list(field: &str, existing: Option<Value>, patch: &[Value], m: &Merge<'
         }
         return Value::Array(current);
     }
-    let key = patch.iter().find_map(|i| i.as_object()).and_then(|o| merge_key(field, o));
+    let key = patch.iter().find_map(|i| i.as_object()).and_then(|o| merge_key(&m.path, field, o));
     let Some(key) = key else {
         let replaced: Vec<Value> =
             patch.iter().filter(|i| !(directives && i.get("$patch").is_some())).cloned().collect();
@@ -258,6 +263,23 @@ fn merge_list(field: &str, existing: Option<Value>, patch: &[Value], m: &Merge<'
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_endpoint_slices_ports_are_replaced_whole() {
+        // Two Service ports targeting one container port: two slice ports of one number.
+        let mut slice = json!({"ports": [{"name": "a", "port": 8080, "protocol": "TCP"}]});
+        let patch = json!({"ports": [{"name": "a", "port": 8080, "protocol": "TCP"}, {"name": "b", "port": 8080, "protocol": "TCP"}]});
+        apply_patch(PatchType::Apply, &mut slice, &patch, &ListMapKeys::new()).unwrap();
+        assert_eq!(slice, patch);
+        apply_patch(
+            PatchType::Strategic,
+            &mut slice,
+            &json!({"ports": [{"name": "c", "port": 80}]}),
+            &ListMapKeys::new(),
+        )
+        .unwrap();
+        assert_eq!(slice, json!({"ports": [{"name": "c", "port": 80}]}));
+    }
 
     #[test]
     fn ports_of_one_number_and_two_protocols_stay_two() {
