@@ -33,6 +33,16 @@ enum Cmd {
     /// Show ferrolb at work: a Service gets an address, one node answers for it, that node's
     /// speaker is killed and another takes over; prints the failover time, then cleans up.
     Demo,
+    /// Run the seeded chaos soak on a lab of its own and print its counts (the CI test runs a
+    /// minute of fixed seeds; this is the long form).
+    Chaos {
+        /// The seed (decimal or 0x-hex); the same seed draws the same actions.
+        #[arg(long, value_parser = ferrolb_tests::chaos::rng::parse_seed, default_value = "0x5eed0001")]
+        seed: u64,
+        /// How long to draw actions, in seconds.
+        #[arg(long, default_value_t = 1800)]
+        seconds: u64,
+    },
     /// Tear down the lab a state file describes.
     Down {
         /// The file `up --state-file` wrote.
@@ -120,6 +130,16 @@ async fn run(args: Args) -> Result<(), lab::netns::LabError> {
                 outcome.failover.as_millis()
             );
             Ok(())
+        }
+        Cmd::Chaos { seed, seconds } => {
+            let config = ferrolb_tests::chaos::driver::Config::new(seed, std::time::Duration::from_secs(seconds));
+            match ferrolb_tests::chaos::driver::soak(config, |line| println!("{line}")).await {
+                Ok(report) => {
+                    println!("\n{report}");
+                    Ok(())
+                }
+                Err(failure) => Err(lab::netns::LabError::Io(std::io::Error::other(failure.to_string()))),
+            }
         }
         Cmd::Down { state_file } => lab::down(&state_file),
     }

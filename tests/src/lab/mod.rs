@@ -53,6 +53,8 @@ pub struct Lab {
     pub dir: PathBuf,
     /// The relays into the nodes and the EndpointSlice controller.
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Keep the files (logs) when dropped.
+    keep: bool,
 }
 
 impl Lab {
@@ -77,7 +79,7 @@ impl Lab {
             }
         };
         let dir = std::env::temp_dir().join(&topo.prefix);
-        let mut lab = Lab { topology: topo, api, dir, tasks: Vec::new() };
+        let mut lab = Lab { topology: topo, api, dir, tasks: Vec::new(), keep: false };
         lab.finish_setup()?;
         // What Kubernetes' EndpointSlice controller does for the lab's Pods.
         let client = lab.client().await?;
@@ -94,6 +96,11 @@ impl Lab {
             self.tasks.push(tunnel::expose(&node.namespace, listen, self.api.addr())?);
         }
         Ok(())
+    }
+
+    /// Keeps the lab's files (the processes' logs) when it is torn down, for a post-mortem.
+    pub fn keep_files(&mut self) {
+        self.keep = true;
     }
 
     /// The host's kubeconfig.
@@ -133,7 +140,7 @@ impl Drop for Lab {
         }
         topology::teardown(&self.topology);
         // FERROLB_LAB_KEEP=1 keeps the logs of the controller and speakers for a post-mortem.
-        if std::env::var_os("FERROLB_LAB_KEEP").is_some() {
+        if self.keep || std::env::var_os("FERROLB_LAB_KEEP").is_some() {
             eprintln!("kept the lab's files in {}", self.dir.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);

@@ -133,7 +133,14 @@ impl Lab {
 
     /// Starts the controller on the host.
     pub fn start_controller(&self) -> Result<Proc, LabError> {
-        let log = std::fs::File::create(self.dir.join("controller.log"))?;
+        self.start_controller_as("lab")
+    }
+
+    /// Starts a controller replica on the host with its own leader-election `identity` (its log,
+    /// `controller-<identity>.log` unless it is `lab`, is appended to across restarts).
+    pub fn start_controller_as(&self, identity: &str) -> Result<Proc, LabError> {
+        let file = if identity == "lab" { "controller.log".to_string() } else { format!("controller-{identity}.log") };
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(file))?;
         // A port free now: labs run side by side on the host, so no fixed port will do.
         let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let child = Command::new(binary("ferrolb-controller")?)
@@ -143,7 +150,11 @@ impl Lab {
                 "--namespace",
                 "ferrolb-system",
                 "--identity",
-                "lab",
+                identity,
+                // As the chart runs it: the speakers' heartbeat key is made in the cluster (the
+                // lab's speakers do not read it; the RBAC test sees the calls).
+                "--peer-secret",
+                "ferrolb-peer-secret",
             ])
             .args(["--metrics-addr", &metrics.to_string(), "--health-addr", "127.0.0.1:0"])
             .stdout(Stdio::from(log))

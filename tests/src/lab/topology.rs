@@ -186,19 +186,8 @@ fn build_inner(prefix: &str, count: usize, made: &mut Vec<String>) -> Result<Top
         hosts.push(Host { name, namespace: ns, interface: "eth0".into(), ipv4: v4, ipv6: v6, mac });
         pods.push(Pod { node: format!("node-{i}"), namespace: pod_ns, ipv4: pod4, ipv6: pod6 });
     }
-    // Pod subnets are routed between nodes, as a CNI would.
-    for (i, h) in hosts.iter().enumerate() {
-        for (j, other) in hosts.iter().enumerate().filter(|(j, _)| *j != i) {
-            let base = 64 * j as u8;
-            netns::ip_in(
-                &h.namespace,
-                &["route", "add", &format!("203.0.113.{base}/26"), "via", &other.ipv4.to_string()],
-            )?;
-            netns::ip_in(
-                &h.namespace,
-                &["-6", "route", "add", &format!("2001:db8:1:{}::/64", j + 1), "via", &other.ipv6.to_string()],
-            )?;
-        }
+    for i in 0..hosts.len() {
+        route_pods(&hosts, i)?;
     }
     let client_ns = format!("{prefix}-client");
     add(&client_ns, made)?;
@@ -264,6 +253,34 @@ fn build_routed(t: &Topology, made: &mut Vec<String>) -> Result<Routed, LabError
         })
     };
     Ok(Routed { router: host("router", &router_ns, r4, r6)?, remote: host("remote", &remote_ns, c4, c6)? })
+}
+
+/// Routes the other nodes' pod subnets through them, as a CNI would (`replace`: again after a
+/// link flap removed them).
+fn route_pods(hosts: &[Host], i: usize) -> Result<(), LabError> {
+    let h = &hosts[i];
+    for (j, other) in hosts.iter().enumerate().filter(|(j, _)| *j != i) {
+        let base = 64 * j as u8;
+        netns::ip_in(
+            &h.namespace,
+            &["route", "replace", &format!("203.0.113.{base}/26"), "via", &other.ipv4.to_string()],
+        )?;
+        let v6 = format!("2001:db8:1:{}::/64", j + 1);
+        netns::ip_in(&h.namespace, &["-6", "route", "replace", &v6, "via", &other.ipv6.to_string()])?;
+    }
+    Ok(())
+}
+
+/// Sets node `i`'s LAN link down or up. Up also restores what the kernel removed with the carrier
+/// (the IPv6 address, routes through the link), as a node's network configuration does.
+pub fn set_link(t: &Topology, i: usize, up: bool) -> Result<(), LabError> {
+    let n = &t.nodes[i];
+    netns::ip_in(&n.namespace, &["link", "set", &n.interface, if up { "up" } else { "down" }])?;
+    if up {
+        netns::ip_in(&n.namespace, &["addr", "replace", &format!("{}/64", n.ipv6), "dev", &n.interface, "nodad"])?;
+        route_pods(&t.nodes, i)?;
+    }
+    Ok(())
 }
 
 /// Removes every namespace of the lab (and so every interface and route in them).
