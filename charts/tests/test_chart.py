@@ -9,6 +9,7 @@ sim-apiserver): `python3 -m unittest discover -s charts/tests -v`.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pathlib
@@ -117,17 +118,23 @@ class Defaults(unittest.TestCase):
         self.assertIn("--peer-secret-file=/etc/ferrolb/peer-secret/key", c["args"])
         self.assertIn("--forwarding=nftables", c["args"])
 
-    def test_heartbeat_key_is_generated_and_kept(self):
-        (secret,) = of_kind(self.docs, "Secret")
-        self.assertEqual(secret["metadata"]["annotations"]["helm.sh/resource-policy"], "keep")
-        import base64
-
-        key = base64.b64decode(secret["data"]["key"])
-        self.assertEqual(len(key), 64)
+    def test_heartbeat_key_is_made_in_the_cluster_so_offline_renders_are_stable(self):
+        # GitOps tools render with `helm template` (no `lookup`): a key in the chart would change
+        # on every render. The controller creates the Secret instead.
+        self.assertEqual(of_kind(self.docs, "Secret"), [])
+        self.assertEqual(render(), self.docs, "two renders differ")
+        self.assertIn("--peer-secret=ferrolb-peer-secret", container(self.docs, "Deployment")["args"])
+        role = next(d for d in of_kind(self.docs, "Role") if d["metadata"]["name"] == "ferrolb-controller")
+        self.assertIn({"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}, role["rules"])
+        self.assertIn(
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["ferrolb-peer-secret"], "verbs": ["get"]},
+            role["rules"],
+        )
         (ds,) = of_kind(self.docs, "DaemonSet")
         volume, state = ds["spec"]["template"]["spec"]["volumes"]
         self.assertIn("--bgp=none", ds["spec"]["template"]["spec"]["containers"][0]["args"])
-        self.assertEqual(volume["secret"]["secretName"], secret["metadata"]["name"])
+        self.assertEqual(volume["secret"]["secretName"], "ferrolb-peer-secret")
+        self.assertNotIn("optional", volume["secret"], "a speaker without the key must wait for it")
         # The claims outlive the pod (a restart in place), not the node's boot.
         self.assertEqual(state["hostPath"], {"path": "/run/ferrolb", "type": "DirectoryOrCreate"})
 
@@ -178,9 +185,9 @@ class EveryOption(unittest.TestCase):
         (deploy,) = of_kind(self.docs, "Deployment")
         self.assertEqual(deploy["spec"]["replicas"], 3)
         self.assertIn("nodeAffinity", deploy["spec"]["template"]["spec"]["affinity"])
-        self.assertEqual(of_kind(self.docs, "Secret"), [], "an existing Secret replaces the generated one")
         (ds,) = of_kind(self.docs, "DaemonSet")
         self.assertEqual(ds["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"], "my-peer-key")
+        self.assertIn("--peer-secret=my-peer-key", c["args"])
         self.assertEqual(len(of_kind(self.docs, "ServiceMonitor")), 2)
 
     def test_bgp_mode_lets_the_speaker_read_peers_and_only_its_namespaces_secrets(self):
@@ -407,12 +414,37 @@ class InSimApiServer(SimApiServerCase):
         config = helm.Config(kubeconfig_path=self.kubeconfig, namespace="ferrolb-release", storage_driver="memory")
         self.namespace("ferrolb-release")
         config.install(CHART, "lb", {"pools": [{"name": "up", "addresses": ["203.0.113.0/28"]}]}, namespace="ferrolb-release")
-        secret = lambda: json.loads(self.kubectl("get", "secret", "lb-peer-secret", "-n", "ferrolb-release", "-o", "json"))
-        first = secret()["data"]["key"]
+        deploy = json.loads(self.kubectl("get", "deployment", "lb-controller", "-n", "ferrolb-release", "-o", "json"))
+        args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+        secret_name = next(a.split("=", 1)[1] for a in args if a.startswith("--peer-secret="))
+        secret = lambda: json.loads(self.kubectl("get", "secret", secret_name, "-n", "ferrolb-release", "-o", "json"))
+        # The real controller, with the chart's flags, makes the key; a second run keeps it.
+        first = self.controller_makes_the_key(secret_name, secret)
         config.upgrade(CHART, "lb", {"log": {"format": "json"}}, namespace="ferrolb-release")
-        self.assertEqual(secret()["data"]["key"], first, "an upgrade must keep the speakers' shared key")
+        self.assertEqual(self.controller_makes_the_key(secret_name, secret), first, "the key must never change")
+        self.assertEqual(len(bytes.fromhex(base64.b64decode(first).decode())), 32)
         ds = json.loads(self.kubectl("get", "daemonset", "lb-speaker", "-n", "ferrolb-release", "-o", "json"))
         self.assertIn("--log-format=json", ds["spec"]["template"]["spec"]["containers"][0]["args"])
+
+    def controller_makes_the_key(self, name: str, secret) -> str:
+        controller = subprocess.Popen(
+            [BIN / "ferrolb-controller", "--kubeconfig", self.kubeconfig, "--namespace", "ferrolb-release",
+             f"--peer-secret={name}", "--identity", "chart-test", "--metrics-addr", "127.0.0.1:0",
+             "--health-addr", "127.0.0.1:0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    return secret()["data"]["key"]
+                except AssertionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+        finally:
+            controller.kill()
+            controller.wait()
 
 
 if __name__ == "__main__":

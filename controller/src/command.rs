@@ -44,6 +44,10 @@ struct Args {
     /// addresses in use are never handed out anyway.
     #[arg(long, value_delimiter = ',', value_parser = parse_hole)]
     reserved_cidrs: Vec<Hole>,
+    /// The Secret (in --namespace) holding the speakers' heartbeat key: created with a random key
+    /// when missing, never changed when present. Empty: the controller does not manage it.
+    #[arg(long, default_value = "")]
+    peer_secret: String,
     /// How many Service writes run at once.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
@@ -92,6 +96,9 @@ async fn run(args: Args) -> Result<(), telemetry::Error> {
     let telemetry = telemetry::Telemetry::new(|r| metrics.register(r));
     telemetry.serve(args.metrics_addr, args.health_addr).await?;
     telemetry.set_ready(true);
+    if !args.peer_secret.is_empty() {
+        tokio::spawn(crate::peer_secret::run(client.clone(), args.namespace.clone(), args.peer_secret.clone()));
+    }
 
     let (leading_tx, mut leading) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);

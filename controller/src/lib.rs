@@ -4,4 +4,5 @@ pub mod allocator;
 pub mod command;
 pub mod leader;
 pub mod metrics;
+pub mod peer_secret;
 pub mod reconcile;

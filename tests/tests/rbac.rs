@@ -14,49 +14,15 @@ use std::time::Duration;
 use ferrolb_tests::lab::processes::Running;
 use ferrolb_tests::lab::router::RouterConfig;
 use ferrolb_tests::lab::{Lab, netns, probe};
-use ferrolb_tests::rbac::{self, Permission};
+use ferrolb_tests::rbac::{self, Grant, Permission};
 use k8s_openapi::api::core::v1::{Event, Service};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 const NAMESPACE: &str = "ferrolb-system";
 
-/// The chart's objects, rendered by Helm's Go library through helm-python-sdk (as the chart
-/// tests do); `None` when it is not installed outside CI.
-fn rendered_chart(values: &Value) -> Option<Vec<Value>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let script = "import helm_python as h, json, sys\n\
-        out = h.Chart.load(sys.argv[1]).render(json.loads(sys.argv[3]), name='ferrolb', namespace=sys.argv[2])\n\
-        print(json.dumps(out))";
-    let out = std::process::Command::new("python3")
-        .args(["-c", script, root.join("charts/ferrolb").to_str()?, NAMESPACE, &values.to_string()])
-        .output();
-    let out = match out {
-        Ok(o) if o.status.success() => o,
-        Ok(o) if !common::in_ci() => {
-            eprintln!(
-                "SKIPPED: helm-python-sdk is needed (pip install -r charts/tests/requirements.txt): {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            return None;
-        }
-        other => panic!("rendering the chart failed: {other:?}"),
-    };
-    let files: BTreeMap<String, String> = serde_json::from_slice(&out.stdout).expect("helm's output");
-    let mut docs = Vec::new();
-    for (path, text) in files.iter().filter(|(p, _)| p.ends_with(".yaml")) {
-        for doc in serde_norway::Deserializer::from_str(text) {
-            let v: Value = serde::Deserialize::deserialize(doc).unwrap_or_else(|e| panic!("{path}: {e}"));
-            if !v.is_null() {
-                docs.push(v);
-            }
-        }
-    }
-    Some(docs)
-}
-
 /// What the chart grants the ServiceAccount `name`: cluster-wide, and in the release namespace.
-fn grants(docs: &[Value], name: &str) -> (BTreeSet<Permission>, BTreeSet<Permission>) {
+fn grants(docs: &[Value], name: &str) -> (BTreeSet<Grant>, BTreeSet<Grant>) {
     let find = |kind: &str| {
         docs.iter()
             .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
@@ -75,8 +41,8 @@ async fn the_charts_rbac_is_exactly_what_the_binaries_use() {
     if !common::lab_prerequisites() {
         return;
     }
-    let Some(chart) = rendered_chart(&json!({"speaker": {"bgp": {"mode": "bird"}}})) else { return };
-    let Some(l2_only) = rendered_chart(&json!({})) else { return };
+    let Some(chart) = common::rendered_chart(NAMESPACE, &json!({"speaker": {"bgp": {"mode": "bird"}}})) else { return };
+    let Some(l2_only) = common::rendered_chart(NAMESPACE, &json!({})) else { return };
     if !["bird", "vtysh"].iter().all(|t| std::process::Command::new(t).arg("--version").output().is_ok()) {
         assert!(!common::in_ci(), "BIRD and FRR are needed under CI=true (apt install bird2 frr)");
         eprintln!("SKIPPED: BIRD or FRR missing");
@@ -189,7 +155,7 @@ async fn the_charts_rbac_is_exactly_what_the_binaries_use() {
     assert!(running.controller.terminate().unwrap().success());
 
     // Every request, by binary, as the permission it needs.
-    let mut used: BTreeMap<&str, (BTreeSet<Permission>, BTreeSet<Permission>)> = BTreeMap::new();
+    let mut used: BTreeMap<&str, (BTreeSet<Grant>, BTreeSet<Grant>)> = BTreeMap::new();
     for r in lab.api.shared().requests() {
         let Some(agent) = r.user_agent.as_deref() else { continue };
         let Some(binary) =
@@ -202,7 +168,7 @@ async fn the_charts_rbac_is_exactly_what_the_binaries_use() {
         // A namespaced request in the release's namespace may be granted by the Role; anything
         // else needs the ClusterRole.
         if namespace.as_deref() == Some(NAMESPACE)
-            && (permission.group == "coordination.k8s.io" || permission.resource == "secrets")
+            && (permission.permission.group == "coordination.k8s.io" || permission.permission.resource == "secrets")
         {
             own.insert(permission);
         } else {
@@ -216,10 +182,10 @@ async fn the_charts_rbac_is_exactly_what_the_binaries_use() {
         for (scope, granted, used) in
             [("ClusterRole", &granted_cluster, &used_cluster), ("Role", &granted_ns, &used_ns)]
         {
-            for p in used.difference(granted) {
+            for p in rbac::missing(used, granted) {
                 problems.push(format!("{binary} {scope}: missing {p}"));
             }
-            for p in granted.difference(used) {
+            for p in rbac::unused(used, granted) {
                 problems.push(format!("{binary} {scope}: unused {p}"));
             }
         }
@@ -227,7 +193,7 @@ async fn the_charts_rbac_is_exactly_what_the_binaries_use() {
     assert!(problems.is_empty(), "the chart's RBAC and the lab disagree:\n{}", problems.join("\n"));
 
     // Without BGP mode: the same, less what only the speaker's BIRD side calls.
-    let bgp_only: BTreeSet<Permission> = [
+    let bgp_only: BTreeSet<Grant> = [
         ("ferrolb.io", "bgppeers", "list"),
         ("ferrolb.io", "bgppeers", "watch"),
         ("ferrolb.io", "bgppeers/status", "patch"),
@@ -235,7 +201,10 @@ async fn the_charts_rbac_is_exactly_what_the_binaries_use() {
         ("", "secrets", "watch"),
     ]
     .into_iter()
-    .map(|(g, r, v)| Permission { group: g.into(), resource: r.into(), verb: v.into() })
+    .map(|(g, r, v)| Grant {
+        permission: Permission { group: g.into(), resource: r.into(), verb: v.into() },
+        name: None,
+    })
     .collect();
     let (bgp_cluster, bgp_ns) = grants(&chart, "ferrolb-speaker");
     let (l2_cluster, l2_ns) = grants(&l2_only, "ferrolb-speaker");

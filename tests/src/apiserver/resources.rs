@@ -157,6 +157,22 @@ pub fn builtins() -> Vec<ResourceInfo> {
         ResourceInfo::builtin("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", false),
         ResourceInfo::builtin("rbac.authorization.k8s.io", "v1", "Role", "roles", true),
         ResourceInfo::builtin("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", true),
+        // Stored and served, not enforced (docs/TESTING.md).
+        ResourceInfo::builtin(
+            "admissionregistration.k8s.io",
+            "v1",
+            "ValidatingAdmissionPolicy",
+            "validatingadmissionpolicies",
+            false,
+        )
+        .status(),
+        ResourceInfo::builtin(
+            "admissionregistration.k8s.io",
+            "v1",
+            "ValidatingAdmissionPolicyBinding",
+            "validatingadmissionpolicybindings",
+            false,
+        ),
         ResourceInfo::builtin("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", true)
             .status()
             .short(&["pdb"]),

@@ -249,3 +249,37 @@ pub fn lab_prerequisites() -> bool {
         }
     }
 }
+
+/// The chart's objects in release `ferrolb` in `namespace`, rendered by Helm's Go library through helm-python-sdk (as the chart
+/// tests do); `None` when it is not installed outside CI.
+pub fn rendered_chart(namespace: &str, values: &serde_json::Value) -> Option<Vec<serde_json::Value>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let script = "import helm_python as h, json, sys\n\
+        out = h.Chart.load(sys.argv[1]).render(json.loads(sys.argv[3]), name='ferrolb', namespace=sys.argv[2])\n\
+        print(json.dumps(out))";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, root.join("charts/ferrolb").to_str()?, namespace, &values.to_string()])
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        Ok(o) if !in_ci() => {
+            eprintln!(
+                "SKIPPED: helm-python-sdk is needed (pip install -r charts/tests/requirements.txt): {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            return None;
+        }
+        other => panic!("rendering the chart failed: {other:?}"),
+    };
+    let files: std::collections::BTreeMap<String, String> = serde_json::from_slice(&out.stdout).expect("helm's output");
+    let mut docs = Vec::new();
+    for (path, text) in files.iter().filter(|(p, _)| p.ends_with(".yaml")) {
+        for doc in serde_norway::Deserializer::from_str(text) {
+            let v: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap_or_else(|e| panic!("{path}: {e}"));
+            if !v.is_null() {
+                docs.push(v);
+            }
+        }
+    }
+    Some(docs)
+}
