@@ -263,7 +263,8 @@ pub async fn run(
         metrics.misconfigured.set(members.misconfigured.len() as i64);
         if members.misconfigured != misconfigured {
             for peer in members.misconfigured.difference(&misconfigured) {
-                tracing::error!(%peer, "every heartbeat of this registered speaker fails authentication: the heartbeat keys differ (the chart's peer Secret); addresses are placed by rank alone until they match");
+                tracing::error!(%peer, "{}", crate::report::key_mismatch_message(peer));
+                reporter.key_mismatch(peer);
             }
             misconfigured = members.misconfigured.clone();
         }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ferrolb_crds::ServiceKey;
 use ferrolb_crds::annotations::ANNOUNCED_CONDITION;
 use ferrolb_process::events::Recorder;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -143,6 +143,21 @@ impl Reporter {
         }
     }
 
+    /// Reports on this node that every heartbeat of the registered speaker `peer` fails
+    /// authentication: a Warning Event `HeartbeatKeyMismatch` on the Node (`kubectl describe node`).
+    pub fn key_mismatch(&mut self, peer: &str) {
+        let (client, recorder, node) = (self.client.clone(), self.recorder.clone(), self.node.clone());
+        let message = key_mismatch_message(peer);
+        self.writes.spawn(async move {
+            let Ok(object) = Api::<Node>::all(client).get(&node).await else { return };
+            if let Err(e) =
+                recorder.publish(&object.object_ref(&()), true, "HeartbeatKeyMismatch", "Heartbeat", &message).await
+            {
+                tracing::warn!(error = %e, "could not record an Event");
+            }
+        });
+    }
+
     /// Rewrites the condition of every Service of an address in `announced` that does not name
     /// this node as it should.
     pub fn ensure_conditions(&mut self, announced: &BTreeMap<IpAddr, String>, now: Instant) {
@@ -206,6 +221,13 @@ pub fn refused_ranges_notice(refused: &[String]) -> Notice {
             "loadBalancerSourceRanges entries that are not CIDRs: {list}; nobody is admitted through them (the others still are)"
         ),
     }
+}
+
+/// What a node says when a registered peer's heartbeats all fail authentication.
+pub fn key_mismatch_message(peer: &str) -> String {
+    format!(
+        "every heartbeat of the registered speaker of node {peer} fails authentication: the heartbeat keys differ (the Secret of speaker.peerSecret); addresses are placed by rank alone until they match"
+    )
 }
 
 /// Sets `ferrolb.io/Announced` on the cached Service `svc`, keeping its other conditions; the

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use ferrolb_speaker::election;
 use ferrolb_tests::lab::{Lab, netns, probe};
-use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Event, Service};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 fn mac_of(lab: &Lab, node: &str) -> String {
@@ -604,6 +604,24 @@ async fn mismatched_heartbeat_keys_never_make_two_nodes_answer_are_reported_and_
         let ns = lab.topology.nodes[i].namespace.clone();
         let got = probe::metric(&probe::speaker_metrics(&ns).await.unwrap(), "ferrolb_speaker_misconfigured_peers");
         assert_eq!(got, Some(want), "node {i}");
+    }
+    // And as Warnings on the Nodes (`kubectl describe node`): node-1 about node-3, node-3 about both.
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    for (node, peers) in [("node-1", &["node-3"][..]), ("node-3", &["node-1", "node-2"][..])] {
+        common::eventually(&format!("{node}'s HeartbeatKeyMismatch Events"), Duration::from_secs(20), || async {
+            let lp = ListParams::default().fields(&format!("involvedObject.name={node},involvedObject.kind=Node"));
+            let list = events.list(&lp).await.ok()?;
+            let about: Vec<String> = list
+                .items
+                .iter()
+                .filter(|e| {
+                    e.reason.as_deref() == Some("HeartbeatKeyMismatch") && e.type_.as_deref() == Some("Warning")
+                })
+                .filter_map(|e| e.message.clone())
+                .collect();
+            peers.iter().all(|p| about.iter().any(|m| m.contains(&format!("node {p} ")))).then_some(())
+        })
+        .await;
     }
     // The key is put right in node-3's file (as the kubelet rewrites a mounted Secret): taken up
     // without a restart, and the peers authenticate each other again.
