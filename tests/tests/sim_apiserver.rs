@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent, Namespace, Pod, 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Client, ResourceExt};
+use kube::{Client, CustomResourceExt, ResourceExt};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -284,7 +284,8 @@ async fn merge_json_strategic_and_server_side_apply_patches() {
     let ports = after.spec.unwrap().ports.unwrap();
     assert_eq!(ports.len(), 2);
     assert_eq!(ports[0].node_port, node_port);
-    // Server-side apply creates, then merges.
+    // Server-side apply creates, then merges what the manager applies and drops what it no longer
+    // applies (the field-ownership test below goes further).
     let cms: Api<ConfigMap> = Api::namespaced(client, "default");
     let pp = PatchParams::apply("test-manager").force();
     cms.patch(
@@ -298,8 +299,111 @@ async fn merge_json_strategic_and_server_side_apply_patches() {
     .unwrap();
     let merged = cms.patch("applied", &pp, &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied", "labels": {"l": "x"}}, "data": {"b": "2"}}))).await.unwrap();
     let data = merged.data.clone().unwrap();
-    assert_eq!((data.get("a").map(String::as_str), data.get("b").map(String::as_str)), (Some("1"), Some("2")));
+    assert_eq!((data.get("a").map(String::as_str), data.get("b").map(String::as_str)), (None, Some("2")));
     assert_eq!(merged.labels()["l"], "x");
+}
+
+/// Server-side apply's field ownership as kube-apiserver keeps it: `managedFields` per manager
+/// and operation; an apply that would change another manager's field is refused with 409 naming
+/// the manager and the field, unless forced; a field a manager stops applying is removed unless
+/// someone else owns it; managers applying their own items of one list map (a BGPPeer's
+/// `status.nodes`, one per speaker) never touch each other's, and each can take back its own.
+#[tokio::test]
+async fn server_side_apply_keeps_field_ownership_and_conflicts() {
+    let (_server, client) = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let cm = |data: serde_json::Value| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owned"}, "data": data});
+    cms.patch("owned", &PatchParams::apply("alice"), &Patch::Apply(cm(json!({"a": "1", "shared": "s"}))))
+        .await
+        .unwrap();
+    cms.patch("owned", &PatchParams::apply("bob"), &Patch::Apply(cm(json!({"b": "2", "shared": "s"})))).await.unwrap();
+    let got = cms.get("owned").await.unwrap();
+    let managers: Vec<(String, String)> = got
+        .metadata
+        .managed_fields
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| (m.manager.unwrap_or_default(), m.operation.unwrap_or_default()))
+        .collect();
+    assert_eq!(managers, vec![("alice".to_string(), "Apply".to_string()), ("bob".to_string(), "Apply".to_string())]);
+    let alice = &got.metadata.managed_fields.as_ref().unwrap()[0];
+    assert_eq!(
+        serde_json::to_value(&alice.fields_v1).unwrap(),
+        json!({"f:data": {"f:a": {}, "f:shared": {}}}),
+        "FieldsV1 as kube-apiserver writes it"
+    );
+    // bob may not change alice's field...
+    let refused = cms.patch("owned", &PatchParams::apply("bob"), &Patch::Apply(cm(json!({"b": "2", "a": "9"})))).await;
+    let (code, _, message) = api_error(refused.unwrap_err());
+    assert_eq!(code, 409);
+    assert!(
+        message.contains("Apply failed with 1 conflict: conflict with \"alice\"") && message.contains(".data.a"),
+        "{message}"
+    );
+    assert_eq!(cms.get("owned").await.unwrap().data.unwrap()["a"], "1", "nothing written");
+    // ... unless forced: then it is his.
+    cms.patch(
+        "owned",
+        &PatchParams::apply("bob").force(),
+        &Patch::Apply(cm(json!({"b": "2", "a": "9", "shared": "s"}))),
+    )
+    .await
+    .unwrap();
+    // alice stops applying `a` (bob's now: stays) and `shared` (bob's too: stays); bob stops
+    // applying `b` (his alone: goes).
+    cms.patch("owned", &PatchParams::apply("alice"), &Patch::Apply(cm(json!({})))).await.unwrap();
+    cms.patch("owned", &PatchParams::apply("bob"), &Patch::Apply(cm(json!({"a": "9", "shared": "s"})))).await.unwrap();
+    let data = cms.get("owned").await.unwrap().data.unwrap();
+    assert_eq!(data.get("a").map(String::as_str), Some("9"));
+    assert_eq!(data.get("shared").map(String::as_str), Some("s"));
+    assert_eq!(data.get("b"), None);
+    // A plain update takes the fields it changes from their owners (no conflict for updates).
+    cms.patch("owned", &PatchParams::default(), &Patch::Merge(json!({"data": {"a": "10"}}))).await.unwrap();
+    let got = cms.get("owned").await.unwrap();
+    let updater =
+        got.metadata.managed_fields.unwrap().into_iter().find(|m| m.operation.as_deref() == Some("Update")).unwrap();
+    assert_eq!(serde_json::to_value(&updater.fields_v1).unwrap(), json!({"f:data": {"f:a": {}}}));
+    let refused =
+        cms.patch("owned", &PatchParams::apply("bob"), &Patch::Apply(cm(json!({"a": "9", "shared": "s"})))).await;
+    assert_eq!(api_error(refused.unwrap_err()).0, 409, "`a` changed owner");
+
+    // One list map, one item per manager, applied through the status subresource.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &ferrolb_crds::BGPPeer::crd()).await.unwrap();
+    let peers: Api<ferrolb_crds::BGPPeer> = Api::all(client);
+    let peer: ferrolb_crds::BGPPeer = serde_json::from_value(json!({"metadata": {"name": "tor"},
+        "spec": {"peerAddress": "192.0.2.1", "peerASN": 64512, "myASN": 64513}}))
+    .unwrap();
+    peers.create(&PostParams::default(), &peer).await.unwrap();
+    let entry = |node: &str, state: &str| {
+        json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "BGPPeer", "metadata": {"name": "tor"},
+        "status": {"nodes": [{"node": node, "state": state, "since": "2026-12-01T00:00:00Z"}]}})
+    };
+    let empty = json!({"apiVersion": "ferrolb.io/v1alpha1", "kind": "BGPPeer", "metadata": {"name": "tor"}, "status": {"nodes": []}});
+    for (node, state) in [("node-1", "Established"), ("node-2", "Connect"), ("node-1", "Idle")] {
+        let pp = PatchParams::apply(&format!("ferrolb-speaker.{node}")).force();
+        peers.patch_status("tor", &pp, &Patch::Apply(entry(node, state))).await.unwrap();
+    }
+    let nodes = |p: ferrolb_crds::BGPPeer| -> Vec<(String, String)> {
+        p.status.unwrap_or_default().nodes.into_iter().map(|n| (n.node, n.state)).collect()
+    };
+    assert_eq!(
+        nodes(peers.get_status("tor").await.unwrap()),
+        vec![("node-1".to_string(), "Idle".to_string()), ("node-2".to_string(), "Connect".to_string())]
+    );
+    peers
+        .patch_status("tor", &PatchParams::apply("ferrolb-speaker.node-2").force(), &Patch::Apply(empty))
+        .await
+        .unwrap();
+    assert_eq!(nodes(peers.get_status("tor").await.unwrap()), vec![("node-1".to_string(), "Idle".to_string())]);
+    let statuses = peers.get_status("tor").await.unwrap().metadata.managed_fields.unwrap();
+    assert!(
+        statuses
+            .iter()
+            .all(|m| m.subresource.as_deref() == Some("status")
+                || m.manager.as_deref() != Some("ferrolb-speaker.node-1"))
+    );
 }
 
 #[tokio::test]

@@ -247,6 +247,16 @@ fn serve(
     body: &[u8],
 ) -> ApiResult<Response> {
     let dry_run = query.get("dryRun").is_some_and(|d| d == "All");
+    let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("unknown");
+    let w = ops::Writer {
+        dry_run,
+        manager: query
+            .get("fieldManager")
+            .filter(|m| !m.is_empty())
+            .cloned()
+            .unwrap_or_else(|| agent.split('/').next().unwrap_or(agent).to_string()),
+        force: query.get("force").is_some_and(|f| f == "true"),
+    };
     let strict = query.get("fieldValidation").is_some_and(|v| v == "Strict");
     let accept = accept(headers);
     let table = accept.contains("as=Table");
@@ -330,18 +340,23 @@ fn serve(
             }
             let body = parse_object(headers, body)?;
             strict_check(&t, &body, strict)?;
-            write(&|s| Ok((201, ops::create(s, &t, body.clone(), dry_run)?)))
+            write(&|s| Ok((201, ops::create(s, &t, body.clone(), &w)?)))
         }
         (Method::PUT, true) => {
             let body = parse_object(headers, body)?;
             strict_check(&t, &body, strict)?;
-            write(&|s| Ok((200, ops::update(s, &t, body.clone(), dry_run)?)))
+            write(&|s| Ok((200, ops::update(s, &t, body.clone(), &w)?)))
         }
         (Method::PATCH, true) => {
             let ct = headers.get(header::CONTENT_TYPE).and_then(|h| h.to_str().ok()).unwrap_or_default();
             let kind = PatchType::from_content_type(ct)?;
             let patch = patch::parse_body(kind, body)?;
-            write(&|s| ops::patch(s, &t, kind, &patch, dry_run))
+            if kind == PatchType::Apply && query.get("fieldManager").is_none_or(|m| m.is_empty()) {
+                return Err(ApiError::unprocessable(
+                    "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+                ));
+            }
+            write(&|s| ops::patch(s, &t, kind, &patch, &w))
         }
         (Method::DELETE, true) => {
             let options = if body.is_empty() { Value::Null } else { parse_json(body)? };

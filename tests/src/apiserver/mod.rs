@@ -6,6 +6,7 @@
 pub mod discovery;
 pub mod error;
 pub mod events;
+pub mod fields;
 pub mod http;
 pub mod meta;
 pub mod ops;
@@ -223,7 +224,7 @@ impl SimApiServer {
             status: false,
         };
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-            ops::create(&mut store, &ns_target, json!({"metadata": {"name": ns}}), false)
+            ops::create(&mut store, &ns_target, json!({"metadata": {"name": ns}}), &ops::Writer::server())
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
         }
         // The API server's own Service, on the first address of the range, as in every cluster.
@@ -240,7 +241,8 @@ impl SimApiServer {
                 "labels": {"component": "apiserver", "provider": "kubernetes"}},
             "spec": {"type": "ClusterIP", "clusterIP": store.services.kubernetes_ip().map(|ip| ip.to_string()),
                 "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}});
-        ops::create(&mut store, &svc_target, kubernetes, false).map_err(|e| std::io::Error::other(e.to_string()))?;
+        ops::create(&mut store, &svc_target, kubernetes, &ops::Writer::server())
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         let rv = store.rv;
         let shared = Arc::new(Shared {
             requests: Mutex::new(Vec::new()),

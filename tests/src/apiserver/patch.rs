@@ -147,6 +147,30 @@ fn merge_key(path: &str, field: &str, item: &Map<String, Value>) -> Option<&'sta
     }
 }
 
+/// How field ownership tells the items of the list at `dotted` (field `field`) apart: a CRD's list
+/// map by its keys, a built-in kind's list by its merge key (Service ports by port and protocol, as
+/// their list-map keys say), `finalizers` as a set; every other list is atomic.
+pub fn list_kind(
+    list_maps: &ListMapKeys,
+    dotted: &str,
+    field: &str,
+    list: &Value,
+) -> crate::apiserver::fields::ListKind {
+    use crate::apiserver::fields::ListKind;
+    if let Some(keys) = list_maps.get(dotted) {
+        return ListKind::Map(keys.clone());
+    }
+    if is_merged_scalar_list(field) {
+        return ListKind::Set;
+    }
+    let first = list.as_array().and_then(|a| a.iter().find_map(Value::as_object));
+    let Some(key) = first.and_then(|item| merge_key(dotted, field, item)) else { return ListKind::Atomic };
+    match key {
+        "port" | "containerPort" => ListKind::Map(vec![key.to_string(), "protocol".to_string()]),
+        k => ListKind::Map(vec![k.to_string()]),
+    }
+}
+
 /// Lists of scalars that a strategic merge unions instead of replacing.
 fn is_merged_scalar_list(field: &str) -> bool {
     field == "finalizers"

@@ -25,6 +25,25 @@ pub use self::crds::crd_resource;
 pub use self::read::{get, list};
 pub use self::write::{create, delete, delete_collection, patch, update};
 
+/// Who writes, and how: what server-side apply's field ownership needs besides the target.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    /// `dryRun=All`: checked, not stored.
+    pub dry_run: bool,
+    /// The field manager: `fieldManager`, else the User-Agent's product (before the `/`), as
+    /// kube-apiserver derives it.
+    pub manager: String,
+    /// `force=true` on an apply: take the fields over from their other owners.
+    pub force: bool,
+}
+
+impl Writer {
+    /// The server's own writes (the namespaces and the `kubernetes` Service of a fresh cluster).
+    pub fn server() -> Self {
+        Self { dry_run: false, manager: "kube-apiserver".into(), force: false }
+    }
+}
+
 /// What a request addresses.
 #[derive(Debug, Clone)]
 pub struct Target {

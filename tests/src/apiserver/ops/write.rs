@@ -8,12 +8,18 @@ use super::admission::*;
 use super::namespaces::*;
 use super::*;
 use crate::apiserver::error::{ApiError, ApiResult, Cause};
+use crate::apiserver::fields::{self, Entry, FieldSet};
 use crate::apiserver::meta;
 use crate::apiserver::patch::{self, PatchType};
 use crate::apiserver::store::{ObjectKey, Store};
 
 /// POST: create an object (201).
-pub fn create(store: &mut Store, t: &Target, body: Value, dry_run: bool) -> ApiResult<Value> {
+pub fn create(store: &mut Store, t: &Target, body: Value, w: &Writer) -> ApiResult<Value> {
+    create_as(store, t, body, w, "Update")
+}
+
+/// A create recorded in `managedFields` as `operation` (`Apply` when server-side apply creates).
+fn create_as(store: &mut Store, t: &Target, body: Value, w: &Writer, operation: &str) -> ApiResult<Value> {
     let mut obj = t.to_storage(body);
     if !obj["metadata"].is_object() {
         obj["metadata"] = json!({});
@@ -66,7 +72,12 @@ pub fn create(store: &mut Store, t: &Target, body: Value, dry_run: bool) -> ApiR
         o.remove("status");
     }
     admit(store, t, &mut obj, None)?;
-    if dry_run {
+    let kinds = list_kinds(t);
+    let owned = fields::within(fields::leaves(&obj, &kinds), false, false);
+    let mut entries = Vec::new();
+    fields::record(&mut entries, entry(t, w, operation), &owned, &FieldSet::new(), true);
+    fields::write_entries(&mut obj, &entries);
+    if w.dry_run {
         return Ok(t.to_wire(&obj));
     }
     let stored = store.put(&t.key, obj);
@@ -89,15 +100,46 @@ pub(super) fn check_namespace_open(store: &Store, ns: &str) -> ApiResult<()> {
 }
 
 /// PUT: replace an object (or its status).
-pub fn update(store: &mut Store, t: &Target, body: Value, dry_run: bool) -> ApiResult<Value> {
+pub fn update(store: &mut Store, t: &Target, body: Value, w: &Writer) -> ApiResult<Value> {
     let old = collection(store, t)?.objects.get(&t.object_key()).cloned().ok_or_else(|| t.not_found())?;
     let new = t.to_storage(body);
-    let out = write_update(store, t, &old, new, dry_run)?;
+    let out = write_update(store, t, &old, new, w, None)?;
     Ok(t.to_wire(&out))
 }
 
-/// PATCH of any of the four kinds; server-side apply creates a missing object.
-pub fn patch(store: &mut Store, t: &Target, kind: PatchType, patch: &Value, dry_run: bool) -> ApiResult<(u16, Value)> {
+/// The CRD's list maps of the target's version (server-side apply merges their items by key).
+fn list_maps(t: &Target) -> patch::ListMapKeys {
+    t.info
+        .crd
+        .as_ref()
+        .and_then(|versions| versions.get(&t.version))
+        .and_then(|v| v.schema.as_ref())
+        .map(patch::list_map_keys)
+        .unwrap_or_default()
+}
+
+/// How the target's lists are told apart, for field ownership.
+fn list_kinds(t: &Target) -> impl Fn(&str, &str, &Value) -> fields::ListKind {
+    let maps = list_maps(t);
+    move |dotted: &str, field: &str, list: &Value| patch::list_kind(&maps, dotted, field, list)
+}
+
+/// The `managedFields` entry a write by `w` goes to.
+fn entry(t: &Target, w: &Writer, operation: &str) -> Entry {
+    Entry {
+        manager: w.manager.clone(),
+        operation: operation.into(),
+        subresource: t.status.then(|| "status".to_string()),
+        api_version: t.api_version(),
+        time: meta::now(),
+        fields: FieldSet::new(),
+    }
+}
+
+/// PATCH of any of the four kinds; server-side apply creates a missing object, refuses to change
+/// fields other managers own (409, unless forced) and removes the fields its manager stopped
+/// applying that nobody else owns.
+pub fn patch(store: &mut Store, t: &Target, kind: PatchType, patch: &Value, w: &Writer) -> ApiResult<(u16, Value)> {
     let existing = collection(store, t)?.objects.get(&t.object_key()).cloned();
     let Some(old) = existing else {
         if kind != PatchType::Apply || t.status {
@@ -105,24 +147,85 @@ pub fn patch(store: &mut Store, t: &Target, kind: PatchType, patch: &Value, dry_
         }
         let mut body = patch.clone();
         body["metadata"]["name"] = json!(t.name);
-        return Ok((201, create(store, t, body, dry_run)?));
+        return Ok((201, create_as(store, t, body, w, "Apply")?));
     };
     let mut doc = t.to_wire(&old);
-    let list_maps = t
-        .info
-        .crd
-        .as_ref()
-        .and_then(|versions| versions.get(&t.version))
-        .and_then(|v| v.schema.as_ref())
-        .map(patch::list_map_keys)
-        .unwrap_or_default();
-    patch::apply_patch(kind, &mut doc, patch, &list_maps)?;
-    // A patch that carries no resourceVersion applies to whatever is current.
-    if kind == PatchType::Apply || doc.pointer("/metadata/resourceVersion").is_none_or(Value::is_null) {
+    let applied = (kind == PatchType::Apply).then(|| {
+        let kinds = list_kinds(t);
+        fields::within(fields::leaves(patch, &kinds), t.status, t.info.has_status(&t.version))
+    });
+    if let Some(applied) = &applied {
+        let entries = fields::read_entries(&old);
+        let conflicts = fields::conflicts(&entries, &w.manager, applied, patch, &doc);
+        if !conflicts.is_empty() && !w.force {
+            return Err(apply_conflict(&conflicts, &t.api_version()));
+        }
+        patch::apply_patch(kind, &mut doc, patch, &list_maps(t))?;
+        // What this manager applied before and no longer does, and nobody else owns, goes.
+        let mine = entries.iter().filter(|e| {
+            e.manager == w.manager && e.operation == "Apply" && e.subresource.as_deref() == t.status.then_some("status")
+        });
+        let others: FieldSet =
+            entries.iter().filter(|e| e.manager != w.manager).flat_map(|e| e.fields.clone()).collect();
+        for stale in mine.flat_map(|e| e.fields.iter()).filter(|p| !applied.contains(*p) && !others.contains(*p)) {
+            fields::remove_at(&mut doc, stale);
+        }
         doc["metadata"]["resourceVersion"] = json!(rv_of(&old));
+    } else {
+        patch::apply_patch(kind, &mut doc, patch, &list_maps(t))?;
+        // A patch that carries no resourceVersion applies to whatever is current.
+        if doc.pointer("/metadata/resourceVersion").is_none_or(Value::is_null) {
+            doc["metadata"]["resourceVersion"] = json!(rv_of(&old));
+        }
     }
-    let out = write_update(store, t, &old, t.to_storage(doc), dry_run)?;
+    let out = write_update(store, t, &old, t.to_storage(doc), w, applied.as_ref())?;
     Ok((200, t.to_wire(&out)))
+}
+
+/// kube-apiserver's 409 for an apply that would change other managers' fields.
+fn apply_conflict(conflicts: &[(String, fields::Path)], api_version: &str) -> ApiError {
+    let n = conflicts.len();
+    let lines: Vec<String> = conflicts
+        .iter()
+        .map(|(m, p)| format!("conflict with \"{m}\" using {api_version}: {}", fields::display(p)))
+        .collect();
+    let causes: Vec<Value> = conflicts
+        .iter()
+        .map(|(m, p)| {
+            json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{m}\" using {api_version}"),
+                "field": fields::display(p)})
+        })
+        .collect();
+    let plural = if n == 1 { "" } else { "s" };
+    ApiError {
+        code: 409,
+        reason: "Conflict",
+        message: format!("Apply failed with {n} conflict{plural}: {}", lines.join("\n")),
+        details: Some(json!({"causes": causes})),
+    }
+}
+
+/// Records who owns what after a write of `old` into `new`: an apply owns exactly what it applied
+/// (taking it from the others when forced), an update owns what it changed (taking it from the
+/// others); nobody owns what is gone.
+fn own(t: &Target, w: &Writer, old: &Value, new: &mut Value, applied: Option<&FieldSet>) {
+    let kinds = list_kinds(t);
+    let has_status = t.info.has_status(&t.version);
+    let (set, gone) = fields::changed(old, new, &kinds);
+    let (set, gone) = (fields::within(set, t.status, has_status), fields::within(gone, t.status, has_status));
+    let mut entries = fields::read_entries(old);
+    match applied {
+        Some(applied) => {
+            let mine = entry(t, w, "Apply");
+            entries.retain(|e| {
+                !(e.manager == mine.manager && e.operation == "Apply" && e.subresource == mine.subresource)
+            });
+            fields::record(&mut entries, mine, applied, &gone, w.force);
+        }
+        None if set.is_empty() && gone.is_empty() => {}
+        None => fields::record(&mut entries, entry(t, w, "Update"), &set, &gone, true),
+    }
+    fields::write_entries(new, &entries);
 }
 
 pub(super) fn write_update(
@@ -130,7 +233,8 @@ pub(super) fn write_update(
     t: &Target,
     old: &Arc<Value>,
     mut new: Value,
-    dry_run: bool,
+    w: &Writer,
+    applied: Option<&FieldSet>,
 ) -> ApiResult<Arc<Value>> {
     let qualified = t.info.qualified();
     let name = t.name.clone().unwrap_or_default();
@@ -206,12 +310,25 @@ pub(super) fn write_update(
         let generation = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
         new["metadata"]["generation"] = json!(generation);
     }
+    // A write that changes nothing keeps the object as it is (ownership included).
+    let mut unchanged = new.clone();
+    if let Some(m) = old["metadata"].get("managedFields") {
+        unchanged["metadata"]["managedFields"] = m.clone();
+    }
+    if unchanged == **old
+        && applied.is_none_or(|a| {
+            fields::read_entries(old).iter().any(|e| e.manager == w.manager && e.operation == "Apply" && e.fields == *a)
+        })
+    {
+        return Ok(old.clone());
+    }
+    own(t, w, old, &mut new, applied);
     if new == **old {
         return Ok(old.clone());
     }
     let finished = !new["metadata"]["deletionTimestamp"].is_null()
         && new["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty);
-    if dry_run {
+    if w.dry_run {
         return Ok(Arc::new(new));
     }
     if finished {
