@@ -409,9 +409,8 @@ class InSimApiServer(SimApiServerCase):
         self.assertEqual(sorted(p["metadata"]["name"] for p in pools), ["home", "lan", "media"])
 
     def test_helm_install_then_upgrade_keeps_the_heartbeat_key(self):
-        # Release records in memory: Helm writes its Secret-backed records with protobuf, which
-        # sim-apiserver does not speak; the chart's own objects go through the API as JSON.
-        config = helm.Config(kubeconfig_path=self.kubeconfig, namespace="ferrolb-release", storage_driver="memory")
+        # Helm's default storage: each release revision is a Secret, written in protobuf.
+        config = helm.Config(kubeconfig_path=self.kubeconfig, namespace="ferrolb-release")
         self.namespace("ferrolb-release")
         config.install(CHART, "lb", {"pools": [{"name": "up", "addresses": ["203.0.113.0/28"]}]}, namespace="ferrolb-release")
         deploy = json.loads(self.kubectl("get", "deployment", "lb-controller", "-n", "ferrolb-release", "-o", "json"))
@@ -425,6 +424,11 @@ class InSimApiServer(SimApiServerCase):
         self.assertEqual(len(bytes.fromhex(base64.b64decode(first).decode())), 32)
         ds = json.loads(self.kubectl("get", "daemonset", "lb-speaker", "-n", "ferrolb-release", "-o", "json"))
         self.assertIn("--log-format=json", ds["spec"]["template"]["spec"]["containers"][0]["args"])
+        # The release records Helm keeps in the cluster: one Secret per revision.
+        records = json.loads(self.kubectl("get", "secrets", "-n", "ferrolb-release", "-l", "owner=helm,name=lb", "-o", "json"))
+        revisions = sorted(r["metadata"]["labels"]["version"] for r in records["items"])
+        self.assertEqual(revisions, ["1", "2"])
+        self.assertTrue(all(r["type"] == "helm.sh/release.v1" for r in records["items"]))
 
     def controller_makes_the_key(self, name: str, secret) -> str:
         controller = subprocess.Popen(

@@ -162,6 +162,39 @@ async fn kubectl_creates_a_load_balancer_service_that_gets_a_cluster_ip_and_node
     assert_eq!(left, ["kubernetes"], "only the API server's own Service is left");
 }
 
+/// kubectl's `create` commands send protobuf for built-in kinds: sim-apiserver reads them, as
+/// kube-apiserver does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_commands_send_protobuf_and_are_understood() {
+    let Some(bin) = common::kubectl() else { return };
+    let (server, _client) = common::start().await;
+    let k = Kubectl::new(bin, &server, "create");
+    assert!(k.ok(&["create", "namespace", "shop"]).await.contains("namespace/shop created"));
+    k.ok(&["create", "service", "loadbalancer", "web", "--tcp=80:8080", "-n", "shop"]).await;
+    k.ok(&["create", "deployment", "web", "--image=nginx:1.27", "--port=8080", "--replicas=2", "-n", "shop"]).await;
+    k.ok(&["create", "secret", "generic", "key", "--from-literal=password=s3cret", "-n", "shop"]).await;
+    k.ok(&["create", "configmap", "settings", "--from-literal=mode=fast", "-n", "shop"]).await;
+    let get = |what: &'static str, path: &'static str| {
+        let k = &k;
+        async move { k.ok(&["get", what, "-n", "shop", "-o", &format!("jsonpath={path}")]).await }
+    };
+    assert_eq!(
+        get("svc/web", "{.spec.type} {.spec.ports[0].port} {.spec.ports[0].targetPort}").await,
+        "LoadBalancer 80 8080"
+    );
+    assert!(get("svc/web", "{.spec.clusterIP}").await.parse::<std::net::IpAddr>().is_ok());
+    assert_eq!(get("svc/web", "{.spec.selector.app}").await, "web");
+    assert_eq!(
+        get("deploy/web", "{.spec.replicas} {.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].ports[0].containerPort}").await,
+        "2 nginx:1.27 8080"
+    );
+    assert_eq!(get("deploy/web", "{.spec.selector.matchLabels.app}").await, "web");
+    assert_eq!(get("secret/key", "{.data.password}").await, "czNjcmV0", "base64 of the value");
+    assert_eq!(get("configmap/settings", "{.data.mode}").await, "fast");
+    // Namespaced as asked, and the namespace exists for real.
+    assert_eq!(k.ok(&["get", "ns", "shop", "-o", "jsonpath={.status.phase}"]).await, "Active");
+}
+
 /// BGPPeers as users type them: accepted with the columns `kubectl get` shows, refused with the
 /// field and the reason when an ASN, an address, a timer or a password is wrong.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

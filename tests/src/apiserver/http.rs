@@ -17,6 +17,7 @@ use super::discovery;
 use super::error::{ApiError, ApiResult};
 use super::ops::{self, ListQuery, Target};
 use super::patch::{self, PatchType};
+use super::protobuf;
 use super::selectors::{FieldSelector, LabelSelector};
 use super::tables;
 use super::watch::{self, WatchOptions};
@@ -224,8 +225,14 @@ fn parse_object(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
         "" | "application/json" | "*/*" => parse_json(body),
         "application/yaml" => serde_norway::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}"))),
+        "application/vnd.kubernetes.protobuf" => protobuf::decode(body).map_err(|e| match e {
+            protobuf::Unread::Malformed(m) => {
+                ApiError::bad_request(format!("the request body is not valid protobuf: {m}"))
+            }
+            protobuf::Unread::Unsupported(m) => ApiError::unsupported_media_type(m),
+        }),
         other => Err(ApiError::unsupported_media_type(format!(
-            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {other:?}; sim-apiserver does not read application/vnd.kubernetes.protobuf)"
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {other:?})"
         ))),
     }
 }

@@ -11,6 +11,7 @@ pub mod http;
 pub mod meta;
 pub mod ops;
 pub mod patch;
+pub mod protobuf;
 pub mod resources;
 pub mod selectors;
 pub mod services;
