@@ -166,7 +166,12 @@ pub fn unmet(world: &World, seen: &[Seen], earlier: &BTreeMap<String, BTreeSet<I
         {
             wrong.push(format!("{} asked for {r} and holds {:?}", s.name, got.ips));
         }
-        if world.must_fit(s) {
+        // An address asked for that another Service, which may not share it, holds now (one it
+        // asked for earlier and kept): the first holder keeps it.
+        let taken = s.requested.is_some_and(|r| {
+            seen.iter().any(|o| o.name != got.name && o.ips.contains(&IpAddr::V4(r)) && !o.compatible(got))
+        });
+        if world.must_fit(s) && !taken {
             out.extend(wrong);
             if got.ips.is_empty() {
                 out.push(format!("{} fits and has no address", s.name));
@@ -317,6 +322,16 @@ mod tests {
         // Naming another pool ends the keeping.
         unasked.services.insert("was-asked".into(), model("was-asked", None, Some("base"), false));
         assert_eq!(unmet(&unasked, &in_fixed, &held).len(), 1);
+        // Asking for the address a Service kept: it stays the keeper's, the asker waits.
+        let mut w = World::default();
+        w.services.insert("keeper".into(), model("keeper", None, None, false));
+        w.services.insert("asker".into(), model("asker", Some("198.51.100.131"), None, false));
+        let kept = [seen("keeper", &["198.51.100.131"], &[80], None), seen("asker", &[], &[80], None)];
+        let held: BTreeMap<String, BTreeSet<IpAddr>> =
+            [("default/keeper".to_string(), ["198.51.100.131".parse().unwrap()].into())].into();
+        assert_eq!(unmet(&w, &kept, &held), Vec::<String>::new());
+        let free = [seen("keeper", &["198.51.100.20"], &[80], None), seen("asker", &[], &[80], None)];
+        assert_eq!(unmet(&w, &free, &held).len(), 1, "nobody holds it: the asker must get it");
     }
 
     #[test]
