@@ -82,15 +82,34 @@ fn io(e: impl std::error::Error + Send + Sync + 'static) -> kube::Error {
     kube::Error::Service(Box::new(e))
 }
 
+/// Repeats an API call until it succeeds: a transient error at start (a 500, a 429, a conflict)
+/// must not end the process — a crash loop's back-off would outlast the peers' restart grace.
+async fn until_ok<T, F, Fut>(what: &str, mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match call().await {
+            Ok(v) => return v,
+            Err(e) => tracing::warn!(error = %e, "{what} failed; retrying in {} ms", wait.as_millis()),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// Our heartbeat address: the Node's InternalIP (what other nodes can reach), once it has one.
-async fn node_ip(client: &Client, node: &str) -> Result<IpAddr, kube::Error> {
+async fn node_ip(client: &Client, node: &str) -> IpAddr {
     let nodes: Api<Node> = Api::all(client.clone());
     loop {
-        let ip = nodes.get_opt(node).await?.and_then(|n| {
+        let found = until_ok("reading this Node", || nodes.get_opt(node)).await;
+        let ip = found.and_then(|n| {
             n.status?.addresses?.into_iter().find(|a| a.type_ == "InternalIP").and_then(|a| a.address.parse().ok())
         });
         if let Some(ip) = ip {
-            return Ok(ip);
+            return ip;
         }
         tracing::warn!(%node, "the Node has no InternalIP yet; waiting");
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -144,14 +163,17 @@ pub async fn run(
     metrics: Metrics,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), kube::Error> {
-    let my_ip = node_ip(&client, &cfg.node).await?;
+    let my_ip = node_ip(&client, &cfg.node).await;
     let peer_addr = SocketAddr::new(my_ip, cfg.peer_port);
     let mut tasks = JoinSet::new();
     let caches =
         Caches::start(&mut tasks, &client, &cfg.namespace, cfg.bgp.as_ref().is_some_and(|b| b.bird_dir.is_some()));
     caches.ready().await.map_err(io)?;
     let leases_api: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
-    lease::renew(&leases_api, &cfg.node, peer_addr, cfg.lease_duration).await?;
+    until_ok("registering this speaker's Lease", || {
+        lease::renew(&leases_api, &cfg.node, peer_addr, cfg.lease_duration)
+    })
+    .await;
     {
         let (api, node, every) = (leases_api.clone(), cfg.node.clone(), cfg.lease_duration / 3);
         tasks.spawn(async move {

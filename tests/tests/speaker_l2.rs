@@ -642,3 +642,45 @@ async fn mismatched_heartbeat_keys_never_make_two_nodes_answer_are_reported_and_
     let _ = std::fs::remove_file(&right);
     let _ = std::fs::remove_file(&wrong);
 }
+
+/// A speaker started while the API server fails its writes keeps trying, registers and announces:
+/// a transient error at start is not a crash (the chaos soak found a restarting speaker exiting on
+/// one 500 from its Lease write; under a crash loop's back-off it would outlast its restart grace).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_speaker_started_while_the_api_fails_writes_registers_and_announces() {
+    if !common::lab_prerequisites() {
+        return;
+    }
+    let lab = Lab::up(1).await.expect("lab up");
+    lab.register_cluster().await.unwrap();
+    lab.api.shared().fail_next_writes_to("leases", 4, 500);
+    let mut speaker = lab.start_speaker(0, &[]).unwrap();
+    let client = lab.client().await.unwrap();
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), "ferrolb-system");
+    common::eventually("the speaker's Lease", Duration::from_secs(30), || async {
+        leases.get_opt("speaker-node-1").await.ok().flatten()
+    })
+    .await;
+    assert!(speaker.child.try_wait().unwrap().is_none(), "the speaker exited");
+    let refused = lab.api.shared().requests().iter().filter(|r| r.path.contains("/leases") && r.code == 500).count();
+    assert_eq!(refused, 4, "the speaker met every injected failure");
+    let _controller = lab.start_controller().unwrap();
+    lab.apply_pool("lan", json!({"addresses": ["198.51.100.200-198.51.100.210"]})).await.unwrap();
+    let api: Api<Service> = Api::namespaced(client, "default");
+    let svc: Service = serde_json::from_value(json!({"metadata": {"name": "web"},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "web"}, "ports": [{"port": 80}]}}))
+    .unwrap();
+    api.create(&PostParams::default(), &svc).await.unwrap();
+    let vip = common::eventually("an address", Duration::from_secs(20), || async {
+        match lab.service_ips("web").await.first()? {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        }
+    })
+    .await;
+    common::eventually("node-1 to answer", Duration::from_secs(20), || async {
+        (answerers(&lab, vip).await == ["node-1".to_string()].into()).then_some(())
+    })
+    .await;
+    assert!(speaker.child.try_wait().unwrap().is_none(), "the speaker exited");
+}
