@@ -79,18 +79,17 @@ pub async fn ensure(client: kube::Client, namespace: &str, name: &str) -> Result
 
 /// [`ensure`] until it succeeds (the API may not answer yet), logging what it found.
 pub async fn run(client: kube::Client, namespace: String, name: String) {
-    let mut wait = Duration::from_millis(500);
-    loop {
-        match ensure(client.clone(), &namespace, &name).await {
-            Ok(Outcome::Created) => return tracing::info!(secret = %name, "created the speakers' heartbeat key"),
-            Ok(Outcome::Existing) => return tracing::debug!(secret = %name, "the speakers' heartbeat key exists"),
-            Ok(Outcome::Unusable(why)) => {
-                return tracing::error!(secret = %name, reason = %why, "the heartbeat key Secret is unusable and left alone: speakers cannot authenticate heartbeats until it is fixed");
-            }
-            Err(e) => tracing::warn!(secret = %name, error = %e, "could not ensure the heartbeat key; retrying"),
+    let (first, max) = (Duration::from_millis(500), Duration::from_secs(30));
+    let outcome = ferrolb_process::retry::until_ok("ensuring the heartbeat key", first, max, || {
+        ensure(client.clone(), &namespace, &name)
+    })
+    .await;
+    match outcome {
+        Outcome::Created => tracing::info!(secret = %name, "created the speakers' heartbeat key"),
+        Outcome::Existing => tracing::debug!(secret = %name, "the speakers' heartbeat key exists"),
+        Outcome::Unusable(why) => {
+            tracing::error!(secret = %name, reason = %why, "the heartbeat key Secret is unusable and left alone: speakers cannot authenticate heartbeats until it is fixed")
         }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(30));
     }
 }
 

@@ -1,11 +1,13 @@
 //! The process plumbing both of ferrolb's binaries (and its CLI) share: logging, the connection to
 //! the API server, the /metrics, /healthz and /readyz endpoints, the shutdown signal, and the
-//! Kubernetes Event recorder. Nothing here knows about IP pools or announcing.
+//! Kubernetes Event recorder, retrying what must succeed. Nothing here knows about IP pools or
+//! announcing.
 
 pub mod connect;
 pub mod events;
 pub mod liveness;
 pub mod logging;
+pub mod retry;
 pub mod signal;
 pub mod telemetry;
 

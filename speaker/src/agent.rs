@@ -84,20 +84,12 @@ fn io(e: impl std::error::Error + Send + Sync + 'static) -> kube::Error {
 
 /// Repeats an API call until it succeeds: a transient error at start (a 500, a 429, a conflict)
 /// must not end the process — a crash loop's back-off would outlast the peers' restart grace.
-async fn until_ok<T, F, Fut>(what: &str, mut call: F) -> T
+async fn until_ok<T, F, Fut>(what: &str, call: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, kube::Error>>,
 {
-    let mut wait = Duration::from_millis(200);
-    loop {
-        match call().await {
-            Ok(v) => return v,
-            Err(e) => tracing::warn!(error = %e, "{what} failed; retrying in {} ms", wait.as_millis()),
-        }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(5));
-    }
+    ferrolb_process::retry::until_ok(what, Duration::from_millis(200), Duration::from_secs(5), call).await
 }
 
 /// Our heartbeat address: the Node's InternalIP (what other nodes can reach), once it has one.
