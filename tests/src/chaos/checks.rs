@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ferrolb_crds::IPPool;
+use ferrolb_crds::annotations::SHARING_KEY;
 use k8s_openapi::api::core::v1::Service;
 
 use super::world::World;
@@ -32,9 +33,7 @@ impl Seen {
     pub fn from_service(s: &Service) -> Self {
         let spec = s.spec.clone().unwrap_or_default();
         let annotations = s.metadata.annotations.clone().unwrap_or_default();
-        let key = ["ferrolb.io/sharing-key", "metallb.io/allow-shared-ip", "metallb.universe.tf/allow-shared-ip"]
-            .iter()
-            .find_map(|k| annotations.get(*k).filter(|v| !v.is_empty()).cloned());
+        let key = SHARING_KEY.names().find_map(|k| annotations.get(k).filter(|v| !v.is_empty()).cloned());
         Seen {
             name: format!(
                 "{}/{}",

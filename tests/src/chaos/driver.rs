@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use ferrolb_crds::IPPool;
+use ferrolb_crds::annotations::{IPS, POOL, SHARING_KEY};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::Value;
@@ -479,7 +480,7 @@ impl Cluster {
             let mut obj = serde_json::to_value(&current).map_err(kube::Error::SerdeError)?;
             let annotations = obj["metadata"]["annotations"].as_object_mut();
             let mut merged = annotations.map(std::mem::take).unwrap_or_default();
-            for k in ["ferrolb.io/ips", "ferrolb.io/pool", "ferrolb.io/sharing-key"] {
+            for k in [IPS.name, POOL.name, SHARING_KEY.name] {
                 merged.remove(k);
             }
             merged.extend(manifest["metadata"]["annotations"].as_object().cloned().unwrap_or_default());

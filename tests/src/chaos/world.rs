@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use ferrolb_crds::annotations::{IPS, POOL, SHARING_KEY};
 use serde_json::{Value, json};
 
 /// Nodes (each with a speaker and a backend Pod) and controller replicas in the soak's lab.
@@ -68,13 +69,13 @@ impl Svc {
     pub fn manifest(&self) -> Value {
         let mut annotations = serde_json::Map::new();
         if let Some(ip) = self.requested {
-            annotations.insert("ferrolb.io/ips".into(), json!(ip.to_string()));
+            annotations.insert(IPS.name.into(), json!(ip.to_string()));
         }
         if let Some(pool) = self.pool {
-            annotations.insert("ferrolb.io/pool".into(), json!(pool));
+            annotations.insert(POOL.name.into(), json!(pool));
         }
         if let Some(key) = self.key {
-            annotations.insert("ferrolb.io/sharing-key".into(), json!(key));
+            annotations.insert(SHARING_KEY.name.into(), json!(key));
         }
         let ports: Vec<Value> = self
             .ports
